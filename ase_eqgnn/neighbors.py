@@ -1,0 +1,441 @@
+"""Neighbour lists in torch: O(N) cell lists, any cell and pbc, CPU and CUDA.
+
+The public functions return a *full* list (both directions) as three int64 tensors ``(i, j, shifts)``
+such that the vector from atom ``i`` to atom ``j`` is
+
+    r_ij = positions[j] - positions[i] + shifts @ cell,      |r_ij| < cutoff,
+
+the same set of ``(i, j, shift)`` triples as ``ase.neighborlist.neighbor_list("ijS", atoms, cutoff)``.
+The list is integer data: models recompute distances from positions so that gradients flow.
+
+How the cell list works
+-----------------------
+Positions are expressed in a *binning frame*: the lattice vectors along periodic directions, and an
+orthonormal completion along the others. Periodic fractional coordinates are wrapped into [0, 1) (the
+integer wrap is remembered and folded into the returned shifts). Each direction is cut into bins whose
+thickness (distance between bin faces) is at least ``cutoff / subdivisions``, so two atoms closer than
+the cutoff sit at most ``k = subdivisions`` bins apart along each direction (more, when the cell is thinner
+than the cutoff: then the same bin is visited through several lattice images). Only half of the bin
+offsets are visited (lexicographically positive ones plus the own bin with ``j > i``); the other half
+is the mirror image. Work and memory are O(N) for a fixed density.
+
+Example
+-------
+>>> import torch
+>>> from ase.build import bulk
+>>> atoms = bulk("Cu", "fcc", a=3.6)
+>>> i, j, S = neighbor_list(torch.tensor(atoms.positions), 3.0, torch.tensor(atoms.cell[:]), [True] * 3)
+>>> int(i.numel())  # 12 nearest neighbours of the one atom, all images of itself
+12
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+Pairs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+# Candidate pairs per chunk: bounds peak memory (~100 bytes per candidate) for very large systems.
+_MAX_CANDIDATES_PER_CHUNK = 4_000_000
+
+
+# ------------------------------------------------------------------------------------------------
+# Input checks
+# ------------------------------------------------------------------------------------------------
+def _check_cutoff(cutoff: float) -> float:
+    try:
+        cutoff = float(cutoff)
+    except (TypeError, ValueError):
+        raise ValueError(f"cutoff must be a number, got {cutoff!r}") from None
+    if not math.isfinite(cutoff) or cutoff <= 0.0:
+        raise ValueError(f"cutoff must be a finite positive number of Å, got {cutoff}")
+    return cutoff
+
+
+def _as_positions(positions) -> torch.Tensor:
+    positions = torch.as_tensor(positions)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape [N, 3], got {tuple(positions.shape)}")
+    if not positions.is_floating_point():
+        positions = positions.to(torch.float64)
+    if positions.numel() and not bool(torch.isfinite(positions).all()):
+        bad = (~torch.isfinite(positions)).any(dim=1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"positions contain NaN or infinite values (atoms {bad}...)")
+    return positions
+
+
+def _as_cells(cell, pbc, n_graphs: int, device) -> Tuple[np.ndarray, np.ndarray]:
+    """Cells [B, 3, 3] and pbc [B, 3] as float64/bool numpy arrays (they are tiny)."""
+    if cell is None:
+        cell_np = np.zeros((n_graphs, 3, 3))
+    else:
+        cell_np = np.asarray(torch.as_tensor(cell).detach().cpu().to(torch.float64)
+                             if isinstance(cell, torch.Tensor) else cell, dtype=np.float64)
+        if cell_np.shape == (3, 3):
+            cell_np = np.broadcast_to(cell_np, (n_graphs, 3, 3))
+        if cell_np.shape != (n_graphs, 3, 3):
+            raise ValueError(f"cell must have shape [3, 3] or [{n_graphs}, 3, 3], got {cell_np.shape}")
+    if not np.isfinite(cell_np).all():
+        raise ValueError("cell contains NaN or infinite values")
+    if pbc is None:
+        pbc_np = np.zeros((n_graphs, 3), dtype=bool)
+    else:
+        pbc_np = np.asarray(pbc.detach().cpu() if isinstance(pbc, torch.Tensor) else pbc)
+        if pbc_np.dtype != bool and not np.isin(pbc_np, (0, 1)).all():
+            raise ValueError(f"pbc must be booleans, got {pbc_np}")
+        pbc_np = pbc_np.astype(bool)
+        if pbc_np.shape in ((), (1,)):
+            pbc_np = np.full((n_graphs, 3), bool(pbc_np.reshape(-1)[0]))
+        elif pbc_np.shape == (3,):
+            pbc_np = np.broadcast_to(pbc_np, (n_graphs, 3))
+        if pbc_np.shape != (n_graphs, 3):
+            raise ValueError(f"pbc must have shape [3] or [{n_graphs}, 3], got {pbc_np.shape}")
+    return np.array(cell_np), np.array(pbc_np)
+
+
+# ------------------------------------------------------------------------------------------------
+# Binning frame
+# ------------------------------------------------------------------------------------------------
+def _binning_frame(cell: np.ndarray, pbc: np.ndarray, graph: int = 0) -> np.ndarray:
+    """Rows: lattice vectors along periodic directions, an orthonormal completion elsewhere.
+
+    Raises ``ValueError`` when the periodic lattice vectors are (nearly) linearly dependent.
+    """
+    periodic = [d for d in range(3) if pbc[d]]
+    vecs = cell[periodic]
+    if len(periodic):
+        # Gram determinant = squared volume of the periodic sub-lattice.
+        gram = np.linalg.det(vecs @ vecs.T)
+        scale = np.prod(np.sum(vecs**2, axis=1))
+        if not gram > 1e-20 * max(scale, 1e-300) or scale == 0.0:
+            names = "".join("xyz"[d] for d in periodic)
+            raise ValueError(
+                f"cell of structure {graph} is singular along its periodic directions ({names}): "
+                f"lattice vectors {vecs.tolist()} span no volume; give a proper cell or set pbc=False "
+                "along the degenerate direction")
+    frame = np.zeros((3, 3))
+    frame[periodic] = vecs
+    free = [d for d in range(3) if not pbc[d]]
+    if len(free) == 3:
+        frame = np.eye(3)
+    elif len(free) == 2:
+        a = vecs[0] / np.linalg.norm(vecs[0])
+        helper = np.eye(3)[np.argmin(np.abs(a))]
+        u = np.cross(a, helper)
+        u /= np.linalg.norm(u)
+        frame[free[0]] = u
+        frame[free[1]] = np.cross(a, u)
+    elif len(free) == 1:
+        n = np.cross(vecs[0], vecs[1])
+        frame[free[0]] = n / np.linalg.norm(n)
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------
+# The cell list
+# ------------------------------------------------------------------------------------------------
+def batched_neighbor_list(
+    positions: torch.Tensor,
+    cutoff: float,
+    batch: Optional[torch.Tensor] = None,
+    cell=None,
+    pbc=None,
+    subdivisions: int = 2,
+) -> Pairs:
+    """Neighbour list of many structures at once.
+
+    Parameters
+    ----------
+    positions : [N, 3] Cartesian positions (Å) of all atoms, structures concatenated.
+    cutoff : radius (Å); pairs with distance strictly below it are returned.
+    batch : [N] int64 index of each atom's structure (``None``: one structure).
+    cell : [B, 3, 3] or [3, 3] lattice vectors as rows (Å); ignored along non-periodic directions.
+    pbc : [B, 3] or [3] booleans.
+    subdivisions : bins per cutoff length; 2 visits fewer far-away candidates than 1.
+
+    Returns
+    -------
+    ``(i, j, shifts)``: int64 tensors [E], [E], [E, 3] on the device of ``positions``; global atom
+    indices, in no particular order.
+    """
+    cutoff = _check_cutoff(cutoff)
+    positions = _as_positions(positions)
+    device = positions.device
+    n_atoms = positions.shape[0]
+    if batch is None:
+        batch = torch.zeros(n_atoms, dtype=torch.long, device=device)
+    else:
+        batch = torch.as_tensor(batch, device=device)
+        if batch.shape != (n_atoms,) or batch.is_floating_point():
+            raise ValueError(f"batch must be an integer tensor of shape [{n_atoms}], got "
+                             f"{tuple(batch.shape)} {batch.dtype}")
+        batch = batch.long()
+    if cell is not None and torch.as_tensor(cell).ndim == 3:
+        n_graphs = int(torch.as_tensor(cell).shape[0])
+    elif pbc is not None and np.ndim(pbc.cpu() if isinstance(pbc, torch.Tensor) else pbc) == 2:
+        n_graphs = int(torch.as_tensor(pbc).shape[0])
+    else:
+        n_graphs = int(batch.max()) + 1 if n_atoms else 1
+    if n_atoms and (int(batch.min()) < 0 or int(batch.max()) >= n_graphs):
+        raise ValueError(f"batch values must lie in [0, {n_graphs}) (one cell per structure)")
+    cell_np, pbc_np = _as_cells(cell, pbc, n_graphs, device)
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if n_atoms == 0:
+        return empty, empty, torch.zeros(0, 3, dtype=torch.long, device=device)
+
+    frames = np.stack([_binning_frame(cell_np[b], pbc_np[b], b) for b in range(n_graphs)])
+    f64 = torch.float64
+    pos = positions.detach().to(f64)
+    cell_t = torch.as_tensor(cell_np, dtype=f64, device=device)
+    pbc_t = torch.as_tensor(pbc_np, device=device)
+    inv_frames = torch.as_tensor(np.linalg.inv(frames), dtype=f64, device=device)
+
+    # Fractional coordinates in the binning frame; wrap periodic ones into [0, 1).
+    frac = torch.einsum("nk,nkl->nl", pos, inv_frames[batch])
+    atom_pbc = pbc_t[batch]
+    wrap = torch.where(atom_pbc, torch.floor(frac), torch.zeros_like(frac))
+    frac = frac - wrap
+    wrap = wrap.long()
+    pos_wrapped = pos - torch.einsum("nk,nkl->nl", wrap.to(f64), cell_t[batch])
+
+    # Per-structure extent of fractional coordinates along non-periodic directions (one sync).
+    big = torch.finfo(f64).max
+    lo = torch.full((n_graphs, 3), big, dtype=f64, device=device).scatter_reduce(
+        0, batch[:, None].expand(-1, 3), frac, "amin", include_self=True)
+    hi = torch.full((n_graphs, 3), -big, dtype=f64, device=device).scatter_reduce(
+        0, batch[:, None].expand(-1, 3), frac, "amax", include_self=True)
+    lo_np, hi_np = lo.cpu().numpy(), hi.cpu().numpy()
+    counts_per_graph = torch.bincount(batch, minlength=n_graphs).cpu().numpy()
+
+    # Bin grid per structure (host side: a handful of numbers per structure).
+    n_bins = np.ones((n_graphs, 3), dtype=np.int64)
+    reach = np.zeros((n_graphs, 3), dtype=np.int64)  # bins to visit either side
+    origin = np.zeros((n_graphs, 3))
+    span = np.ones((n_graphs, 3))
+    for b in range(n_graphs):
+        if counts_per_graph[b] == 0:
+            continue
+        f = frames[b]
+        volume = abs(np.linalg.det(f))
+        heights = np.array([volume / np.linalg.norm(np.cross(f[(d + 1) % 3], f[(d + 2) % 3]))
+                            for d in range(3)])
+        for d in range(3):
+            if pbc_np[b, d]:
+                origin[b, d], span[b, d] = 0.0, 1.0
+            else:
+                origin[b, d] = lo_np[b, d]
+                span[b, d] = max(hi_np[b, d] - lo_np[b, d], 0.0)
+        length = span[b] * heights  # extent of the binned region along each direction, Å
+        target = cutoff / subdivisions
+        nb = np.maximum(1, np.floor(length / target)).astype(np.int64)
+        # Sparse systems: never more bins than ~2 per atom (the cost would be in empty bins).
+        limit = max(2 * int(counts_per_graph[b]), 8)
+        while np.prod(nb) > limit:
+            nb = np.maximum(1, nb // 2)
+        n_bins[b] = nb
+        for d in range(3):
+            thickness = length[d] / nb[d]
+            if not pbc_np[b, d] and nb[d] == 1:
+                reach[b, d] = 0  # a single bin along an open direction: nothing else to visit
+            else:
+                reach[b, d] = int(math.ceil(cutoff / thickness - 1e-12)) if thickness > 0 else 0
+        span[b] = np.where(span[b] > 0, span[b], 1.0)
+
+    n_bins_t = torch.as_tensor(n_bins, device=device)
+    bin_base = torch.as_tensor(np.concatenate([[0], np.cumsum(np.prod(n_bins, axis=1))[:-1]]),
+                               device=device)
+    total_bins = int(np.prod(n_bins, axis=1).sum())
+
+    # Bin of each atom.
+    atom_nb = n_bins_t[batch]
+    rel = (frac - torch.as_tensor(origin, dtype=f64, device=device)[batch]) / torch.as_tensor(
+        span, dtype=f64, device=device)[batch]
+    coord = torch.minimum(torch.clamp(torch.floor(rel * atom_nb).long(), min=0), atom_nb - 1)
+
+    def linear(c, nbins, base):
+        return base + (c[..., 0] * nbins[..., 1] + c[..., 1]) * nbins[..., 2] + c[..., 2]
+
+    atom_bin = linear(coord, atom_nb, bin_base[batch])
+    order = torch.argsort(atom_bin, stable=True)
+    bin_count = torch.bincount(atom_bin, minlength=total_bins)
+    bin_start = torch.cumsum(bin_count, 0) - bin_count
+
+    # Half of the bin offsets: the own bin (pairs j > i) and the lexicographically positive ones.
+    k = reach.max(axis=0)
+    offsets = [o for o in itertools.product(*(range(-kk, kk + 1) for kk in k)) if o >= (0, 0, 0)]
+    offsets_t = torch.as_tensor(offsets, dtype=torch.long, device=device).reshape(-1, 3)
+    n_off = offsets_t.shape[0]
+
+    # Everything below in sorted order ("s" = position in the sorted array).
+    s_coord = coord[order]
+    s_graph = batch[order]
+    s_nb = n_bins_t[s_graph]  # [N, 3]
+    s_pbc = pbc_t[s_graph]
+    s_reach = torch.as_tensor(reach, device=device)[s_graph]
+    s_pos = pos_wrapped[order]
+    s_cell = cell_t[s_graph]
+    s_bin = atom_bin[order]
+    s_index = torch.arange(n_atoms, device=device)
+    own = (offsets_t == 0).all(-1)  # the (0, 0, 0) offset is first
+    cutoff_sq = cutoff * cutoff
+
+    i_out, j_out, shift_out = [], [], []
+    chunk = max(1, _MAX_CANDIDATES_PER_CHUNK // max(1, n_off * 4))
+    for start in range(0, n_atoms, chunk):
+        sl = slice(start, min(n_atoms, start + chunk))
+        # Per (atom, offset): the neighbouring bin, its lattice image, where its atoms start, how many.
+        target = s_coord[sl, None, :] + offsets_t[None]  # [n, M, 3]
+        nbins = s_nb[sl, None, :]
+        periodic = s_pbc[sl, None, :]
+        image = torch.floor(target.to(f64) / nbins).long()
+        image = torch.where(periodic, image, torch.zeros_like(image))
+        wrapped = target - image * nbins
+        ok = torch.where(periodic, offsets_t[None].abs() <= s_reach[sl, None, :],
+                         (target >= 0) & (target < nbins)).all(-1)
+        nbin = linear(wrapped.clamp(min=0), nbins, bin_base[s_graph[sl]][:, None])
+        nbin = torch.where(ok, nbin, torch.zeros_like(nbin))
+        first = bin_start[nbin]
+        count = torch.where(ok, bin_count[nbin], torch.zeros_like(nbin))
+        # own bin: only the atoms after this one (j > i), the other half is the mirror image
+        after = s_index[sl] + 1
+        own_count = bin_start[s_bin[sl]] + bin_count[s_bin[sl]] - after
+        first[:, own] = after[:, None]
+        count[:, own] = own_count[:, None]
+        # atom i minus the image shift, so that r_ij = pos[j] - base
+        base = s_pos[sl, None, :] - torch.einsum("nmk,nkl->nml", image.to(f64), s_cell[sl])
+
+        count = count.reshape(-1)
+        nz = count.nonzero().flatten()
+        cnt = count.index_select(0, nz)
+        n_cand = int(cnt.sum())
+        if n_cand == 0:
+            continue
+        rep = torch.repeat_interleave(torch.arange(nz.numel(), device=device), cnt,
+                                      output_size=n_cand)
+        # j = first + local index = arange + (first - exclusive cumsum of counts), one gather
+        jump = first.reshape(-1).index_select(0, nz) - (torch.cumsum(cnt, 0) - cnt)
+        sj = torch.arange(n_cand, device=device) + jump.index_select(0, rep)
+        vec = s_pos.index_select(0, sj) - base.reshape(-1, 3).index_select(0, nz).index_select(0, rep)
+        close = ((vec * vec).sum(-1) < cutoff_sq).nonzero().flatten()
+        sj = sj.index_select(0, close)
+        am = nz.index_select(0, rep.index_select(0, close))
+        i_out.append(torch.div(am, n_off, rounding_mode="floor") + start)
+        j_out.append(sj)
+        shift_out.append(image.reshape(-1, 3).index_select(0, am))
+
+    if not i_out:
+        return empty, empty, torch.zeros(0, 3, dtype=torch.long, device=device)
+    i = order[torch.cat(i_out)]
+    j = order[torch.cat(j_out)]
+    shifts = torch.cat(shift_out) + wrap[i] - wrap[j]
+    # Mirror the half list into the full one.
+    return torch.cat([i, j]), torch.cat([j, i]), torch.cat([shifts, -shifts])
+
+
+def neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
+    """Neighbour list of one structure; see :func:`batched_neighbor_list` for the conventions.
+
+    ``cell`` is [3, 3] (rows are lattice vectors, Å) or ``None`` for an isolated structure; ``pbc`` is a
+    bool or three of them (default: no periodicity).
+    """
+    positions = _as_positions(positions)
+    if cell is not None and torch.as_tensor(cell).shape != (3, 3):
+        raise ValueError(f"cell must have shape [3, 3], got {tuple(torch.as_tensor(cell).shape)}")
+    if pbc is not None:
+        pbc = np.asarray(pbc.cpu() if isinstance(pbc, torch.Tensor) else pbc)
+        if pbc.shape not in ((), (1,), (3,)):
+            raise ValueError(f"pbc must be a bool or three of them, got shape {pbc.shape}")
+        pbc = np.broadcast_to(pbc.reshape(-1), (3,))
+    return batched_neighbor_list(positions, cutoff, None, cell, pbc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Verlet skin
+# ------------------------------------------------------------------------------------------------
+class VerletList:
+    """A neighbour list reused across MD steps with a Verlet skin.
+
+    The list is built with ``cutoff + skin`` and kept while no atom moved more than ``skin / 2`` since
+    the build and the cell, pbc, atom count, atomic numbers and batch are unchanged (every element is
+    compared). Each call returns only the pairs within the true ``cutoff``, from the current positions.
+
+    >>> import torch
+    >>> nl = VerletList(cutoff=3.0, skin=0.5)
+    >>> pos = torch.rand(20, 3, dtype=torch.float64) * 6
+    >>> i, j, S = nl(pos)
+    >>> _ = nl(pos + 0.1)  # moved 0.1*sqrt(3) < 0.25 Å: no rebuild
+    >>> nl.builds
+    1
+    """
+
+    def __init__(self, cutoff: float, skin: float = 0.5):
+        self.cutoff = _check_cutoff(cutoff)
+        skin = float(skin)
+        if not math.isfinite(skin) or skin < 0:
+            raise ValueError(f"skin must be a finite non-negative number of Å, got {skin}")
+        self.skin = skin
+        self.builds = 0
+        self._ref = None  # (positions, cell, pbc, numbers, batch) at the last build
+        self._pairs = None
+
+    def reset(self) -> None:
+        """Forget the stored list; the next call rebuilds."""
+        self._ref = None
+        self._pairs = None
+
+    def _needs_rebuild(self, positions, cell, pbc, numbers, batch) -> bool:
+        if self._ref is None:
+            return True
+        r_pos, r_cell, r_pbc, r_numbers, r_batch = self._ref
+        if positions.shape != r_pos.shape or positions.device != r_pos.device:
+            return True
+        for new, old in ((cell, r_cell), (pbc, r_pbc), (numbers, r_numbers), (batch, r_batch)):
+            if (new is None) != (old is None):
+                return True
+            if new is not None and (new.shape != old.shape or not torch.equal(new, old)):
+                return True
+        if positions.shape[0] == 0 or self.skin == 0:
+            return self.skin == 0
+        moved = (positions.detach() - r_pos).square().sum(-1).max()
+        return bool(moved > (0.5 * self.skin) ** 2)
+
+    def __call__(self, positions: torch.Tensor, cell=None, pbc=None, numbers=None,
+                 batch=None) -> Pairs:
+        """Pairs within ``cutoff`` for ``positions`` [N, 3] (``cell``/``pbc``/``batch`` as in
+        :func:`batched_neighbor_list`; ``numbers`` only participates in the change test)."""
+        positions = _as_positions(positions)
+        dev = positions.device
+        cell_t = None if cell is None else torch.as_tensor(cell, device=dev).detach().clone()
+        pbc_t = None if pbc is None else torch.as_tensor(np.asarray(pbc.cpu()) if isinstance(
+            pbc, torch.Tensor) else np.asarray(pbc), device=dev).clone()
+        numbers_t = None if numbers is None else torch.as_tensor(numbers, device=dev).clone()
+        batch_t = None if batch is None else torch.as_tensor(batch, device=dev).clone()
+        if self._needs_rebuild(positions, cell_t, pbc_t, numbers_t, batch_t):
+            if cell_t is not None and cell_t.ndim == 2 and batch_t is None:
+                i, j, s = neighbor_list(positions, self.cutoff + self.skin, cell_t, pbc_t)
+            else:
+                i, j, s = batched_neighbor_list(positions, self.cutoff + self.skin, batch_t, cell_t,
+                                                pbc_t)
+            self._pairs = (i, j, s)
+            self._ref = (positions.detach().clone(), cell_t, pbc_t, numbers_t, batch_t)
+            self.builds += 1
+        i, j, s = self._pairs
+        if i.numel() == 0:
+            return i, j, s
+        pos = positions.detach()
+        vec = pos[j] - pos[i]
+        if cell_t is not None:
+            c = cell_t.to(pos.dtype)
+            if c.ndim == 2:
+                vec = vec + s.to(pos.dtype) @ c
+            else:
+                b = torch.zeros(pos.shape[0], dtype=torch.long, device=dev) if batch_t is None \
+                    else batch_t
+                vec = vec + torch.einsum("ek,ekl->el", s.to(pos.dtype), c[b[i]])
+        keep = (vec * vec).sum(-1) < self.cutoff * self.cutoff
+        return i[keep], j[keep], s[keep]

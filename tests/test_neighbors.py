@@ -1,0 +1,245 @@
+"""The torch cell list against ASE's neighbour list, the Verlet skin, the batch form, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ase_eqgnn.neighbors import VerletList, batched_neighbor_list, neighbor_list
+
+
+def as_set(i, j, S):
+    i, j, S = (np.asarray(x.cpu()) if isinstance(x, torch.Tensor) else np.asarray(x) for x in (i, j, S))
+    return set(zip(i.tolist(), j.tolist(), map(tuple, S.reshape(-1, 3).tolist())))
+
+
+def ours(atoms, cutoff, dtype=torch.float64):
+    return neighbor_list(torch.tensor(atoms.positions, dtype=dtype), cutoff,
+                         torch.tensor(atoms.cell[:], dtype=dtype), atoms.pbc)
+
+
+def assert_same_as_ase(atoms, cutoff):
+    i, j, S = ours(atoms, cutoff)
+    got = as_set(i, j, S)
+    assert len(got) == len(i), "duplicate pairs"
+    expected = as_set(*ase_neighbor_list("ijS", atoms, cutoff))
+    assert got == expected, (f"{len(expected - got)} missing, {len(got - expected)} extra; "
+                             f"e.g. {sorted(expected - got)[:3]} / {sorted(got - expected)[:3]}")
+    # vectors follow the documented convention and are shorter than the cutoff
+    if len(i):
+        vec = atoms.positions[j] - atoms.positions[i] + S.numpy() @ atoms.cell[:]
+        assert np.linalg.norm(vec, axis=1).max() < cutoff
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(0, 14),
+    seed=st.integers(0, 2**31 - 1),
+    pbc=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    cutoff=st.floats(0.3, 6.0),
+    skew=st.floats(0.0, 2.5),
+    size=st.floats(0.8, 8.0),
+)
+def test_random_cells_match_ase(n, seed, pbc, cutoff, skew, size):
+    rng = np.random.default_rng(seed)
+    cell = np.diag(rng.uniform(0.5, 1.5, 3) * size) + np.triu(rng.normal(size=(3, 3)), 1) * skew * size
+    cell = cell[rng.permutation(3)] if rng.random() < 0.3 else cell
+    # atoms inside and outside the cell (fractional coordinates in [-0.7, 1.7))
+    pos = rng.uniform(-0.7, 1.7, size=(n, 3)) @ cell
+    atoms = Atoms(numbers=np.ones(n, int), positions=pos, cell=cell, pbc=pbc)
+    assert_same_as_ase(atoms, cutoff)
+
+
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, False, True), (False, False, True),
+                                 (False, False, False)])
+def test_cell_much_smaller_than_cutoff(pbc):
+    # several images of each atom, including an atom's own images, are neighbours
+    atoms = bulk("Cu", "fcc", a=3.6)
+    atoms.pbc = pbc
+    assert_same_as_ase(atoms, 7.5)
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0.3, 0.2, 0.1]], cell=[[1.0, 0, 0], [0.9, 0.5, 0],
+                                                                        [0.4, 0.3, 0.7]], pbc=pbc)
+    assert_same_as_ase(atoms, 3.3)
+
+
+def test_strongly_skewed_cell():
+    cell = np.array([[4.0, 0, 0], [3.9, 0.6, 0], [3.8, 0.5, 0.7]])
+    rng = np.random.default_rng(1)
+    atoms = Atoms("H20", positions=rng.uniform(0, 1, (20, 3)) @ cell, cell=cell, pbc=True)
+    assert_same_as_ase(atoms, 2.5)
+
+
+def test_zero_and_one_atom():
+    assert_same_as_ase(Atoms(cell=np.eye(3) * 3, pbc=True), 2.0)
+    assert_same_as_ase(Atoms("H", positions=[[0.2, 0.1, 0]], cell=np.eye(3) * 2.5, pbc=True), 5.0)
+    assert_same_as_ase(Atoms("H", positions=[[0.2, 0.1, 0]]), 5.0)
+
+
+def test_molecule_without_cell_and_zero_cell_rows():
+    atoms = molecule("C6H6")
+    assert_same_as_ase(atoms, 2.0)
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
+    slab.cell[2] = 0.0  # no third lattice vector: periodic in-plane only
+    slab.pbc = (True, True, False)
+    assert_same_as_ase(slab, 4.0)
+
+
+def test_planar_and_collinear_atoms():
+    line = Atoms("H8", positions=[[0.7 * k, 0, 0] for k in range(8)])
+    assert_same_as_ase(line, 1.5)
+    plane = Atoms("H9", positions=[[k % 3, k // 3, 0.0] for k in range(9)])
+    assert_same_as_ase(plane, 1.5)
+
+
+def test_large_periodic_system_and_float32():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((5, 5, 5))
+    atoms.rattle(0.05, seed=3)
+    assert_same_as_ase(atoms, 5.0)
+    i, j, S = ours(atoms, 5.0, dtype=torch.float32)
+    i64, j64, S64 = ours(atoms, 5.0)
+    # same pairs from float32 input (no pair sits within float32 round-off of the cutoff here)
+    assert as_set(i, j, S) == as_set(i64, j64, S64)
+    assert i.dtype == torch.int64 and S.dtype == torch.int64 and S.shape == (len(i), 3)
+
+
+def test_output_is_a_full_list():
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(3)
+    atoms.rattle(0.1, seed=0)
+    i, j, S = ours(atoms, 4.0)
+    pairs = as_set(i, j, S)
+    assert all((b, a, tuple(-x for x in s)) in pairs for a, b, s in pairs)
+
+
+def test_gradients_flow_through_recomputed_distances():
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+    atoms.rattle(0.1, seed=0)
+    pos = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell[:])
+    i, j, S = neighbor_list(pos, 3.0, cell, True)
+    d = (pos[j] - pos[i] + S.double() @ cell).norm(dim=1)
+    d.sum().backward()
+    assert pos.grad is not None and torch.isfinite(pos.grad).all()
+
+
+def test_batched_matches_individual_lists():
+    rng = np.random.default_rng(7)
+    systems = [bulk("Cu", "fcc", a=3.6).repeat(2), molecule("CH3CH2OH"), bulk("Al", "fcc", a=4.05)]
+    systems[0].rattle(0.1, seed=1)
+    slab = bulk("Ni", "fcc", a=3.5, cubic=True).repeat((2, 2, 1))
+    slab.pbc = (True, False, True)
+    systems.append(slab)
+    pos = torch.tensor(np.concatenate([a.positions for a in systems]))
+    batch = torch.tensor(np.repeat(np.arange(len(systems)), [len(a) for a in systems]))
+    cells = torch.tensor(np.stack([a.cell[:] for a in systems]))
+    pbcs = torch.tensor(np.stack([a.pbc for a in systems]))
+    i, j, S = batched_neighbor_list(pos, 3.2, batch, cells, pbcs)
+    expected = set()
+    offset = 0
+    for a in systems:
+        ii, jj, SS = ase_neighbor_list("ijS", a, 3.2)
+        expected |= as_set(ii + offset, jj + offset, SS)
+        offset += len(a)
+    assert as_set(i, j, S) == expected
+    assert torch.equal(batch[i], batch[j])  # never across structures
+    del rng
+
+
+class TestVerletList:
+    def setup_method(self):
+        atoms = bulk("Cu", "fcc", a=3.6).repeat(3)
+        atoms.rattle(0.05, seed=2)
+        self.atoms = atoms
+        self.cell = torch.tensor(atoms.cell[:])
+        self.pos = torch.tensor(atoms.positions)
+        self.numbers = torch.tensor(atoms.numbers)
+
+    def call(self, nl, pos, cell=None, numbers=None):
+        return nl(pos, self.cell if cell is None else cell, [True] * 3,
+                  self.numbers if numbers is None else numbers)
+
+    def test_returns_exact_list_and_rebuilds_only_past_half_skin(self):
+        nl = VerletList(cutoff=4.0, skin=1.0)
+        self.call(nl, self.pos)
+        assert nl.builds == 1
+        moved = self.pos.clone()
+        moved[5, 0] += 0.49  # just under skin / 2
+        got = self.call(nl, moved)
+        assert nl.builds == 1
+        atoms = self.atoms.copy()
+        atoms.positions = moved.numpy()
+        assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, 4.0))
+        moved[5, 0] += 0.02  # now just over skin / 2 from the build
+        got = self.call(nl, moved)
+        assert nl.builds == 2
+        atoms.positions = moved.numpy()
+        assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, 4.0))
+
+    def test_many_small_moves_stay_exact(self):
+        nl = VerletList(cutoff=3.0, skin=0.4)
+        rng = np.random.default_rng(0)
+        pos = self.pos.clone()
+        atoms = self.atoms.copy()
+        for _ in range(15):
+            pos = pos + torch.tensor(rng.normal(scale=0.03, size=pos.shape))
+            atoms.positions = pos.numpy()
+            assert as_set(*self.call(nl, pos)) == as_set(*ase_neighbor_list("ijS", atoms, 3.0))
+        assert 1 < nl.builds < 15
+
+    def test_cell_pbc_numbers_changes_rebuild(self):
+        nl = VerletList(cutoff=3.0, skin=0.5)
+        self.call(nl, self.pos)
+        self.call(nl, self.pos, cell=self.cell * 1.0001)
+        assert nl.builds == 2
+        numbers = self.numbers.clone()
+        numbers[3] = 28
+        self.call(nl, self.pos, cell=self.cell * 1.0001, numbers=numbers)
+        assert nl.builds == 3
+        nl(self.pos, self.cell * 1.0001, [True, True, False], numbers)
+        assert nl.builds == 4
+        nl(self.pos[:-1], self.cell * 1.0001, [True, True, False], numbers[:-1])
+        assert nl.builds == 5
+
+
+@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan"), float("inf"), "abc"])
+def test_bad_cutoff(cutoff):
+    with pytest.raises(ValueError, match="cutoff"):
+        neighbor_list(torch.zeros(2, 3), cutoff)
+
+
+def test_bad_positions_and_cells():
+    pos = torch.rand(4, 3)
+    with pytest.raises(ValueError, match="NaN"):
+        neighbor_list(torch.tensor([[0.0, 0, 0], [float("nan"), 0, 0]]), 2.0)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        neighbor_list(torch.tensor([[0.0, 0, 0], [float("inf"), 0, 0]]), 2.0)
+    with pytest.raises(ValueError, match=r"shape \[N, 3\]"):
+        neighbor_list(torch.rand(4, 2), 2.0)
+    with pytest.raises(ValueError, match="singular"):
+        neighbor_list(pos, 2.0, torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]), True)
+    with pytest.raises(ValueError, match="singular"):
+        neighbor_list(pos, 2.0, torch.zeros(3, 3), [True, False, False])
+    # a degenerate vector along a non-periodic direction is fine
+    neighbor_list(pos, 2.0, torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 0.0]]), [True, True, False])
+    with pytest.raises(ValueError, match="cell must have shape"):
+        neighbor_list(pos, 2.0, torch.eye(2), True)
+    with pytest.raises(ValueError, match="pbc"):
+        neighbor_list(pos, 2.0, torch.eye(3), [True, False])
+    with pytest.raises(ValueError, match="batch"):
+        batched_neighbor_list(pos, 2.0, torch.tensor([0, 0, 1]), torch.eye(3).repeat(2, 1, 1))
+    with pytest.raises(ValueError, match="skin"):
+        VerletList(2.0, skin=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(4)
+    atoms.rattle(0.05, seed=0)
+    cpu = ours(atoms, 5.0)
+    pos = torch.tensor(atoms.positions, device="cuda")
+    gpu = neighbor_list(pos, 5.0, torch.tensor(atoms.cell[:], device="cuda"), True)
+    assert gpu[0].device.type == "cuda"
+    assert as_set(*cpu) == as_set(*gpu)
