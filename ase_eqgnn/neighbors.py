@@ -271,43 +271,48 @@ def batched_neighbor_list(
     offsets_t = torch.as_tensor(offsets, dtype=torch.long, device=device).reshape(-1, 3)
     n_off = offsets_t.shape[0]
 
+    # Per (bin, offset) table: the neighbouring bin, its lattice image, where its atoms start, how
+    # many there are. Built once per bin rather than per atom (a bin holds several atoms).
+    bin_ids = torch.arange(total_bins, device=device)
+    bin_graph = torch.searchsorted(bin_base, bin_ids, right=True) - 1
+    local = bin_ids - bin_base[bin_graph]
+    g_nb = n_bins_t[bin_graph]  # [T, 3]
+    bin_coord = torch.stack([local // (g_nb[:, 1] * g_nb[:, 2]), (local // g_nb[:, 2]) % g_nb[:, 1],
+                             local % g_nb[:, 2]], dim=1)
+    target = bin_coord[:, None, :] + offsets_t[None]  # [T, M, 3]
+    nbins = g_nb[:, None, :]
+    periodic = pbc_t[bin_graph][:, None, :]
+    image = torch.where(periodic, torch.floor(target.to(f64) / nbins).long(), torch.zeros_like(target))
+    wrapped = target - image * nbins
+    ok = torch.where(periodic, offsets_t[None].abs() <= torch.as_tensor(reach, device=device)[
+        bin_graph][:, None, :], (target >= 0) & (target < nbins)).all(-1)
+    nbin = linear(wrapped.clamp(min=0), nbins, bin_base[bin_graph][:, None])
+    nbin = torch.where(ok, nbin, torch.zeros_like(nbin))
+    tab_first = bin_start[nbin]
+    tab_count = torch.where(ok, bin_count[nbin], torch.zeros_like(nbin))
+    tab_shift = torch.einsum("tmk,tkl->tml", image.to(f64), cell_t[bin_graph])
+    own = int(offsets.index((0, 0, 0)))
+
     # Everything below in sorted order ("s" = position in the sorted array).
-    s_coord = coord[order]
-    s_graph = batch[order]
-    s_nb = n_bins_t[s_graph]  # [N, 3]
-    s_pbc = pbc_t[s_graph]
-    s_reach = torch.as_tensor(reach, device=device)[s_graph]
     s_pos = pos_wrapped[order]
-    s_cell = cell_t[s_graph]
     s_bin = atom_bin[order]
-    s_index = torch.arange(n_atoms, device=device)
-    own = (offsets_t == 0).all(-1)  # the (0, 0, 0) offset is first
+    s_cols = s_pos.T.contiguous()
     cutoff_sq = cutoff * cutoff
 
     i_out, j_out, shift_out = [], [], []
     chunk = max(1, _MAX_CANDIDATES_PER_CHUNK // max(1, n_off * 4))
     for start in range(0, n_atoms, chunk):
         sl = slice(start, min(n_atoms, start + chunk))
-        # Per (atom, offset): the neighbouring bin, its lattice image, where its atoms start, how many.
-        target = s_coord[sl, None, :] + offsets_t[None]  # [n, M, 3]
-        nbins = s_nb[sl, None, :]
-        periodic = s_pbc[sl, None, :]
-        image = torch.floor(target.to(f64) / nbins).long()
-        image = torch.where(periodic, image, torch.zeros_like(image))
-        wrapped = target - image * nbins
-        ok = torch.where(periodic, offsets_t[None].abs() <= s_reach[sl, None, :],
-                         (target >= 0) & (target < nbins)).all(-1)
-        nbin = linear(wrapped.clamp(min=0), nbins, bin_base[s_graph[sl]][:, None])
-        nbin = torch.where(ok, nbin, torch.zeros_like(nbin))
-        first = bin_start[nbin]
-        count = torch.where(ok, bin_count[nbin], torch.zeros_like(nbin))
-        # own bin: only the atoms after this one (j > i), the other half is the mirror image
-        after = s_index[sl] + 1
-        own_count = bin_start[s_bin[sl]] + bin_count[s_bin[sl]] - after
-        first[:, own] = after[:, None]
-        count[:, own] = own_count[:, None]
-        # atom i minus the image shift, so that r_ij = pos[j] - base
-        base = s_pos[sl, None, :] - torch.einsum("nmk,nkl->nml", image.to(f64), s_cell[sl])
+        t = s_bin[sl]
+        first = tab_first.index_select(0, t)  # [n, M]
+        count = tab_count.index_select(0, t)
+        # own bin: only the atoms after this one (j > i); the other half is the mirror image
+        after = torch.arange(sl.start, sl.stop, device=device) + 1
+        first[:, own] = after
+        count[:, own] = bin_start[t] + bin_count[t] - after
+        # atom i minus the image shift, so that r_ij = pos[j] - base; one column per coordinate
+        # because torch gathers and reduces 1-D tensors much faster than [C, 3] rows
+        base = (s_pos[sl, None, :] - tab_shift.index_select(0, t)).reshape(-1, 3)
 
         count = count.reshape(-1)
         nz = count.nonzero().flatten()
@@ -317,16 +322,21 @@ def batched_neighbor_list(
             continue
         rep = torch.repeat_interleave(torch.arange(nz.numel(), device=device), cnt,
                                       output_size=n_cand)
-        # j = first + local index = arange + (first - exclusive cumsum of counts), one gather
+        # j = first + local index = arange + (first - exclusive cumsum of counts): one gather
         jump = first.reshape(-1).index_select(0, nz) - (torch.cumsum(cnt, 0) - cnt)
         sj = torch.arange(n_cand, device=device) + jump.index_select(0, rep)
-        vec = s_pos.index_select(0, sj) - base.reshape(-1, 3).index_select(0, nz).index_select(0, rep)
-        close = ((vec * vec).sum(-1) < cutoff_sq).nonzero().flatten()
+        base_nz = base.index_select(0, nz).T.contiguous()
+        dist_sq = None
+        for d in range(3):
+            diff = s_cols[d].index_select(0, sj) - base_nz[d].index_select(0, rep)
+            dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
+        close = (dist_sq < cutoff_sq).nonzero().flatten()
         sj = sj.index_select(0, close)
         am = nz.index_select(0, rep.index_select(0, close))
-        i_out.append(torch.div(am, n_off, rounding_mode="floor") + start)
+        a = torch.div(am, n_off, rounding_mode="floor")
+        i_out.append(a + start)
         j_out.append(sj)
-        shift_out.append(image.reshape(-1, 3).index_select(0, am))
+        shift_out.append(image.reshape(-1, 3).index_select(0, s_bin[a + start] * n_off + (am - a * n_off)))
 
     if not i_out:
         return empty, empty, torch.zeros(0, 3, dtype=torch.long, device=device)
@@ -354,6 +364,31 @@ def neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
     return batched_neighbor_list(positions, cutoff, None, cell, pbc)
 
 
+def vesin_available() -> bool:
+    """Whether the optional ``vesin-torch`` package (a fast C++ neighbour list) can be imported."""
+    try:
+        import vesin.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def vesin_neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
+    """:func:`neighbor_list` computed by vesin-torch (single structures only; same conventions)."""
+    from vesin.torch import NeighborList
+
+    cutoff = _check_cutoff(cutoff)
+    positions = _as_positions(positions)
+    cell_np, pbc_np = _as_cells(cell, pbc, 1, positions.device)
+    if pbc_np[0].any():
+        _binning_frame(cell_np[0], pbc_np[0])  # same singular-cell error as ours
+    box = torch.as_tensor(cell_np[0], dtype=positions.dtype, device=positions.device)
+    periodic = torch.as_tensor(pbc_np[0], device=positions.device)
+    i, j, shifts = NeighborList(cutoff=cutoff, full_list=True).compute(
+        positions.detach(), box, periodic, quantities="ijS")
+    return i.long(), j.long(), shifts.long()
+
+
 # ------------------------------------------------------------------------------------------------
 # Verlet skin
 # ------------------------------------------------------------------------------------------------
@@ -373,8 +408,15 @@ class VerletList:
     1
     """
 
-    def __init__(self, cutoff: float, skin: float = 0.5):
+    def __init__(self, cutoff: float, skin: float = 0.5, backend: str = "torch"):
+        """``backend``: "torch" (this module's cell list), "vesin" (vesin-torch, single structures)
+        or "auto" (vesin for single structures when it is installed, else torch)."""
         self.cutoff = _check_cutoff(cutoff)
+        if backend not in ("torch", "vesin", "auto"):
+            raise ValueError(f"backend must be 'torch', 'vesin' or 'auto', got {backend!r}")
+        if backend == "vesin" and not vesin_available():
+            raise ValueError("backend='vesin' needs the vesin-torch package: pip install vesin-torch")
+        self.backend = backend
         skin = float(skin)
         if not math.isfinite(skin) or skin < 0:
             raise ValueError(f"skin must be a finite non-negative number of Å, got {skin}")
@@ -416,7 +458,12 @@ class VerletList:
         numbers_t = None if numbers is None else torch.as_tensor(numbers, device=dev).clone()
         batch_t = None if batch is None else torch.as_tensor(batch, device=dev).clone()
         if self._needs_rebuild(positions, cell_t, pbc_t, numbers_t, batch_t):
-            if cell_t is not None and cell_t.ndim == 2 and batch_t is None:
+            single = batch_t is None and (cell_t is None or cell_t.ndim == 2)
+            use_vesin = single and (self.backend == "vesin" or (
+                self.backend == "auto" and vesin_available()))
+            if use_vesin:
+                i, j, s = vesin_neighbor_list(positions, self.cutoff + self.skin, cell_t, pbc_t)
+            elif single:
                 i, j, s = neighbor_list(positions, self.cutoff + self.skin, cell_t, pbc_t)
             else:
                 i, j, s = batched_neighbor_list(positions, self.cutoff + self.skin, batch_t, cell_t,

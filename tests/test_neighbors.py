@@ -243,3 +243,22 @@ def test_cuda_matches_cpu():
     gpu = neighbor_list(pos, 5.0, torch.tensor(atoms.cell[:], device="cuda"), True)
     assert gpu[0].device.type == "cuda"
     assert as_set(*cpu) == as_set(*gpu)
+
+
+@pytest.mark.skipif(not __import__("ase_eqgnn.neighbors").neighbors.vesin_available(),
+                    reason="vesin-torch not installed")
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, False, True), (False, False, False)])
+def test_vesin_backend_matches_ase(pbc):
+    from ase_eqgnn.neighbors import vesin_neighbor_list
+
+    rng = np.random.default_rng(3)
+    for cell, cutoff in ((np.diag([7.0, 8.0, 9.0]), 3.0), (np.array([[2.0, 0, 0], [1.5, 1.8, 0],
+                                                                        [0.3, 0.4, 1.9]]), 4.0)):
+        atoms = Atoms("H12", positions=rng.uniform(-0.3, 1.3, (12, 3)) @ cell, cell=cell, pbc=pbc)
+        got = vesin_neighbor_list(torch.tensor(atoms.positions), cutoff, torch.tensor(cell), pbc)
+        assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, cutoff))
+    nl = VerletList(3.0, skin=0.3, backend="vesin")
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(3)
+    atoms.rattle(0.05, seed=0)
+    got = nl(torch.tensor(atoms.positions), torch.tensor(atoms.cell[:]), [True] * 3)
+    assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, 3.0))
