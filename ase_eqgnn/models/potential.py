@@ -1,0 +1,167 @@
+"""The shared potential skeleton: representation -> per-atom energies -> energy, forces, stress.
+
+A family module (EGNN, PaiNN, tensor-product net) is a *representation*: it maps species indices
+[N], edges [2, E] and edge vectors [E, 3] (Å) to per-atom invariant features h [N, F]. The
+:class:`Potential` wraps it with
+
+    e_i = MLP(h_i)                                   (energy head, F -> head_hidden -> 1)
+    E_i = scale * e_i + shift + E0[Z_i]              (eV; ``scale``, ``shift``, ``E0`` are buffers)
+    E   = sum_{i in structure} E_i                   (eV)
+    F_i = -dE/dr_i                                   (eV/Å, autograd)
+    σ   = (1/V) dE/dε |_{ε=0},   virial W = -dE/dε   (eV/Å^3 and eV)
+
+where the symmetric strain ε [B, 3, 3] acts on positions and cell as r' = r (1 + ε), h' = h (1 + ε)
+(rows are vectors). This is ASE's sign convention: σ > 0 when the energy rises on expansion, i.e. a
+stretched system (one that wants to contract) has positive stress, a compressed one negative.
+
+Example
+-------
+>>> from ase.build import bulk
+>>> from ase_eqgnn.graph import AtomicGraph
+>>> from ase_eqgnn.models import build_model
+>>> model = build_model("painn", species=["Cu"], cutoff=4.0, features=16, layers=2)
+>>> g = AtomicGraph.from_atoms(bulk("Cu", cubic=True)).with_neighbors(model.cutoff)
+>>> out = model(g, forces=True, stress=True)
+>>> out["energy"].shape, out["forces"].shape, out["stress"].shape
+(torch.Size([1]), torch.Size([4, 3]), torch.Size([1, 3, 3]))
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from .. import keys
+from ..graph import AtomicGraph, edge_vectors
+from .blocks import MLP, SpeciesIndex, scatter_sum
+
+
+class Potential(nn.Module):
+    """Representation + energy head + E0/scale/shift, with forces and stress by autograd.
+
+    Parameters
+    ----------
+    representation : module with ``out_features`` and ``forward(species [N], edge_index [2, E],
+        edge_vec [E, 3]) -> [N, out_features]`` (invariant features).
+    species : atomic numbers the model knows (sorted ints); ``E0[k]`` belongs to ``species[k]``.
+    cutoff : neighbour cutoff in Å (graphs must be built with it).
+    name, hparams : recorded in :attr:`config` so :func:`ase_eqgnn.models.build_model` rebuilds it.
+    head_hidden : width of the energy head's hidden layer.
+    """
+
+    def __init__(self, representation: nn.Module, species: List[int], cutoff: float, name: str,
+                 hparams: Dict[str, Any], head_hidden: int):
+        super().__init__()
+        self.representation = representation
+        self.species_index = SpeciesIndex(species)
+        self.head = MLP([representation.out_features, head_hidden, 1])
+        self._cutoff = float(cutoff)
+        self._name = str(name)
+        self._hparams = copy.deepcopy(dict(hparams))
+        n = len(self.species_index.species)
+        dtype = torch.get_default_dtype()
+        # Filled by training (least-squares E0, data statistics); defaults are the identity.
+        self.register_buffer("E0", torch.zeros(n, dtype=dtype))
+        self.register_buffer("scale", torch.ones((), dtype=dtype))
+        self.register_buffer("shift", torch.zeros((), dtype=dtype))
+
+    # ---------------------------------------------------------------- description
+    @property
+    def cutoff(self) -> float:
+        """Neighbour cutoff, Å."""
+        return self._cutoff
+
+    @property
+    def species(self) -> List[int]:
+        """Atomic numbers the model knows, sorted; ``E0[k]`` is the reference energy of ``species[k]``."""
+        return list(self.species_index.species)
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """JSON-able ``{"name", "species", "cutoff", "hparams"}``: ``build_model(**config)`` rebuilds it."""
+        return {"name": self._name, "species": self.species, "cutoff": self._cutoff,
+                "hparams": copy.deepcopy(self._hparams)}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.E0.dtype
+
+    def extra_repr(self) -> str:
+        return f"name={self._name!r}, cutoff={self._cutoff}"
+
+    # ---------------------------------------------------------------- evaluation
+    def forward(self, graph: AtomicGraph, forces: bool = True, stress: bool = False,
+                create_graph: bool = False) -> Dict[str, torch.Tensor]:
+        """Energies, and forces / stress when asked.
+
+        Returns a dict with ``keys.ENERGY`` [B] eV, ``keys.ENERGIES`` [N] eV, and when asked
+        ``keys.FORCES`` [N, 3] eV/Å, ``keys.STRESS`` [B, 3, 3] eV/Å^3 and ``keys.VIRIAL`` [B, 3, 3] eV.
+        The stress of a structure whose cell is not 3-D periodic with nonzero volume is NaN (undefined;
+        select valid rows by indexing, not by multiplying with a mask); its virial is still given.
+
+        Floating-point inputs are cast to the model's dtype. ``create_graph=True`` keeps the graph of
+        the derivatives (training with a force loss). With ``create_graph=False`` and forces or stress
+        requested, the returned tensors are detached.
+        """
+        if graph.edge_index is None or graph.shifts is None:
+            raise ValueError("the graph has no neighbour list: call graph.with_neighbors(model.cutoff)")
+        dtype = self.E0.dtype
+        device = self.E0.device
+        species = self.species_index(graph.numbers)
+        positions = graph.positions.to(device=device, dtype=dtype)
+        cell = graph.cell.to(device=device, dtype=dtype)
+        batch = graph.batch.to(device)
+        edge_index = graph.edge_index.to(device)
+        shifts = graph.shifts.to(device)
+        n_graphs = cell.shape[0]
+        derivatives = forces or stress
+
+        with torch.set_grad_enabled(derivatives or torch.is_grad_enabled()):
+            inputs = []
+            if forces:
+                if not positions.requires_grad:
+                    positions = positions.detach().requires_grad_(True)
+                inputs.append(positions)
+            r, h = positions, cell
+            if stress:
+                strain = torch.zeros(n_graphs, 3, 3, dtype=dtype, device=device, requires_grad=True)
+                inputs.append(strain)
+                sym = 0.5 * (strain + strain.transpose(1, 2))
+                r = positions + torch.einsum("ni,nij->nj", positions, sym[batch])
+                h = cell + torch.bmm(cell, sym)
+            vec = edge_vectors(r, h, batch, edge_index, shifts)
+
+            features = self.representation(species, edge_index, vec)
+            e = self.head(features).squeeze(-1)
+            energies = self.scale * e + self.shift + self.E0[species]
+            energy = scatter_sum(energies, batch, n_graphs)
+            out = {keys.ENERGY: energy, keys.ENERGIES: energies}
+
+            if derivatives:
+                grads = torch.autograd.grad(
+                    energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
+                grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+                if forces:
+                    out[keys.FORCES] = -grads[0]
+                if stress:
+                    dE_deps = grads[-1]
+                    volume = torch.linalg.det(cell).abs()
+                    valid = graph.pbc.to(device).all(dim=-1) & (volume > 0)
+                    safe = torch.where(valid, volume, torch.ones_like(volume))
+                    out[keys.VIRIAL] = -dE_deps
+                    out[keys.STRESS] = torch.where(valid[:, None, None], dE_deps / safe[:, None, None],
+                                                   torch.full_like(dE_deps, float("nan")))
+                if not create_graph:
+                    out = {k: v.detach() for k, v in out.items()}
+        return out
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["Potential", "count_parameters"]
