@@ -390,7 +390,7 @@ def neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
 def vesin_available() -> bool:
     """Whether the optional ``vesin-torch`` package (a fast C++ neighbour list) can be imported."""
     try:
-        import vesin.torch  # noqa: F401
+        import vesin_torch  # noqa: F401
     except ImportError:
         return False
     return True
@@ -398,7 +398,7 @@ def vesin_available() -> bool:
 
 def vesin_neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
     """:func:`neighbor_list` computed by vesin-torch (single structures only; same conventions)."""
-    from vesin.torch import NeighborList
+    from vesin_torch import NeighborList
 
     cutoff = _check_cutoff(cutoff)
     positions = _as_positions(positions)

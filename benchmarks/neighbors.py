@@ -70,7 +70,7 @@ def tools(atoms, periodic: bool, device: str):
     except ImportError:
         pass
     try:
-        from vesin.torch import NeighborList as VesinTorch
+        from vesin_torch import NeighborList as VesinTorch
         vt = VesinTorch(cutoff=CUTOFF, full_list=True)
         out["vesin-torch"] = lambda: len(vt.compute(pos, cell, periodic, quantities="i")[0])
     except ImportError:

@@ -1,0 +1,196 @@
+"""`EqGNNCalculator`: an equivariant GNN potential behind ASE's Calculator protocol.
+
+Thin by design: ``ase.Atoms`` -> :class:`~ase_eqgnn.graph.AtomicGraph` (neighbour list reused across
+calls with a Verlet skin) -> model -> ``results`` in ASE's units (eV, eV/Å, eV/Å^3).
+
+Example
+-------
+>>> from ase.build import bulk
+>>> from ase_eqgnn import EqGNNCalculator, build_model
+>>> atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+>>> atoms.calc = EqGNNCalculator(build_model("painn", ["Cu"], cutoff=4.0, features=16, layers=1))
+>>> atoms.get_forces().shape, atoms.get_stress().shape
+((4, 3), (6,))
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.data import chemical_symbols
+
+from . import keys
+from .checkpoint import load_model
+from .graph import AtomicGraph, edge_vectors
+from .models.potential import Potential
+from .neighbors import VerletList, batched_neighbor_list
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+
+
+def _resolve_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    return device
+
+
+def _voigt(stress: np.ndarray) -> np.ndarray:
+    """3x3 -> the six Voigt components (xx, yy, zz, yz, xz, xy)."""
+    return np.array([stress[a, b] for a, b in _VOIGT])
+
+
+class EqGNNCalculator(Calculator):
+    """ASE calculator for ase_eqgnn potentials.
+
+    Parameters
+    ----------
+    model : path of a checkpoint written by :func:`ase_eqgnn.save_model` (or by ``eqgnn-train``), or a
+        :class:`~ase_eqgnn.models.potential.Potential` (copied, so the caller's model is untouched).
+    device : "cpu", "cuda" or a torch device.
+    dtype : "float32" (default; MD and screening) or "float64" (tight relaxations, finite differences).
+    skin : Verlet skin in Å: the neighbour list is built with ``cutoff + skin`` and rebuilt only when
+        an atom moved more than ``skin / 2``, or the cell, pbc or atoms changed.
+    neighbor_backend : "auto" (vesin-torch for single structures when installed, else our torch cell
+        list), "torch" or "vesin".
+    min_distance : two atoms closer than this (Å) are an error (overlapping atoms give meaningless
+        energies rather than a clear failure otherwise).
+
+    ``implemented_properties``: energy, free_energy, energies (per atom), forces, and stress when the
+    cell is periodic in all three directions (otherwise asking for stress raises ASE's
+    ``PropertyNotImplementedError``).
+    """
+
+    implemented_properties = [keys.ENERGY, keys.FREE_ENERGY, keys.ENERGIES, keys.FORCES, keys.STRESS]
+
+    def __init__(self, model: Union[str, os.PathLike, Potential], device="cpu", dtype="float32",
+                 skin: float = 0.5, neighbor_backend: str = "auto", min_distance: float = 0.1,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.device = _resolve_device(device)
+        self.dtype = _resolve_dtype(dtype)
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model, map_location="cpu")
+        elif isinstance(model, Potential):
+            model = copy.deepcopy(model)
+        else:
+            raise ValueError(f"model must be a checkpoint path or an ase_eqgnn Potential, got "
+                             f"{type(model).__name__}")
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)  # only positions and strain need gradients here
+        self.cutoff = float(self.model.cutoff)
+        self.min_distance = float(min_distance)
+        self.neighbors = VerletList(self.cutoff, skin=skin, backend=neighbor_backend)
+        self._species = set(int(z) for z in self.model.species)
+
+    # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs) -> "EqGNNCalculator":
+        """A calculator for a potential bundled with the package (``eqgnn-models`` lists them)."""
+        from .pretrained import pretrained_path
+
+        return cls(pretrained_path(name, kind="potential"), **kwargs)
+
+    # ---------------------------------------------------------------- checks
+    def _check_atoms(self, atoms: Atoms) -> None:
+        numbers = atoms.get_atomic_numbers()
+        unknown = sorted(set(int(z) for z in numbers) - self._species)
+        if unknown:
+            known = ", ".join(chemical_symbols[z] for z in sorted(self._species))
+            raise ValueError(
+                f"element(s) {', '.join(chemical_symbols[z] for z in unknown)} not known to this model "
+                f"(it was trained on: {known}); use a model trained on these elements")
+        positions = atoms.get_positions()
+        if not np.isfinite(positions).all():
+            bad = np.nonzero(~np.isfinite(positions).all(axis=1))[0][:5].tolist()
+            raise ValueError(f"positions contain NaN or infinite values (atoms {bad})")
+        if atoms.pbc.any() and not np.isfinite(atoms.cell[:]).all():
+            raise ValueError("cell contains NaN or infinite values")
+
+    def _check_overlaps(self, graph: AtomicGraph) -> None:
+        if graph.num_edges == 0 or self.min_distance <= 0:
+            return
+        i, j = graph.edge_index
+        d = edge_vectors(graph.positions, graph.cell, graph.batch, graph.edge_index,
+                         graph.shifts).norm(dim=1)
+        k = int(torch.argmin(d))
+        if float(d[k]) < self.min_distance:
+            raise ValueError(
+                f"atoms {int(i[k])} and {int(j[k])} are {float(d[k]):.3g} Å apart (closer than "
+                f"min_distance={self.min_distance} Å): overlapping atoms; fix the structure")
+
+    # ---------------------------------------------------------------- ASE protocol
+    def calculate(self, atoms: Optional[Atoms] = None, properties: Sequence[str] = (keys.ENERGY,),
+                  system_changes: Sequence[str] = all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic3d = bool(atoms.pbc.all())
+        if keys.STRESS in properties and not periodic3d:
+            raise PropertyNotImplementedError(
+                "stress is only defined for cells periodic in all three directions "
+                f"(this structure has pbc={atoms.pbc.tolist()})")
+        self._check_atoms(atoms)
+        graph = AtomicGraph.from_atoms(atoms, dtype=self.dtype, device=self.device)
+        i, j, shifts = self.neighbors(graph.positions, graph.cell[0], graph.pbc[0], graph.numbers)
+        graph.edge_index = torch.stack([i, j])
+        graph.shifts = shifts
+        self._check_overlaps(graph)
+        out = self.model(graph, forces=True, stress=periodic3d)
+        self.results = self._to_results(out, slice(None), 0, periodic3d)
+
+    @staticmethod
+    def _to_results(out: Dict[str, torch.Tensor], atoms_slice, graph_index: int,
+                    with_stress: bool) -> Dict[str, Union[float, np.ndarray]]:
+        energy = float(out[keys.ENERGY][graph_index])
+        results = {
+            keys.ENERGY: energy,
+            keys.FREE_ENERGY: energy,
+            keys.ENERGIES: out[keys.ENERGIES][atoms_slice].detach().cpu().double().numpy(),
+            keys.FORCES: out[keys.FORCES][atoms_slice].detach().cpu().double().numpy(),
+        }
+        if with_stress:
+            results[keys.STRESS] = _voigt(out[keys.STRESS][graph_index].detach().cpu().double().numpy())
+        return results
+
+    # ---------------------------------------------------------------- screening
+    def calculate_batch(self, images: List[Atoms]) -> List[Dict[str, Union[float, np.ndarray]]]:
+        """Evaluate many structures in one forward pass.
+
+        Returns one results dict per structure (the same keys and units as ``results``; ``stress`` only
+        for 3-D periodic cells). The structures keep their own calculators; this one's cache is
+        untouched.
+        """
+        if len(images) == 0:
+            return []
+        for atoms in images:
+            self._check_atoms(atoms)
+        graph = AtomicGraph.collate([AtomicGraph.from_atoms(a, dtype=self.dtype, device=self.device)
+                                     for a in images])
+        i, j, shifts = batched_neighbor_list(graph.positions, self.cutoff, graph.batch, graph.cell,
+                                             graph.pbc)
+        graph.edge_index, graph.shifts = torch.stack([i, j]), shifts
+        self._check_overlaps(graph)
+        any_periodic = any(a.pbc.all() for a in images)
+        out = self.model(graph, forces=True, stress=any_periodic)
+        results, start = [], 0
+        for b, atoms in enumerate(images):
+            sl = slice(start, start + len(atoms))
+            results.append(self._to_results(out, sl, b, bool(atoms.pbc.all())))
+            start += len(atoms)
+        return results
