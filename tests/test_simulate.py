@@ -1,0 +1,106 @@
+"""MD and relaxation drivers (ase_eqgnn.simulate) and their command-line front-ends."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from ase.io import read, write
+
+from ase_eqgnn import EqGNNCalculator, build_model, save_model
+from ase_eqgnn.cli import md as md_cli
+from ase_eqgnn.cli import relax as relax_cli
+from ase_eqgnn.simulate import relax, run_md
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_model("painn", species=[1, 6, 8, 29], cutoff=4.0, features=16, layers=2)
+    with torch.no_grad():
+        m.scale.fill_(0.5)
+    return m
+
+
+def copper():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.02, seed=0)
+    return atoms
+
+
+def test_nve_run_writes_files_and_reports_drift(model, tmp_path):
+    atoms = copper()
+    calc = EqGNNCalculator(model, dtype="float64")
+    s = run_md(atoms, calc, "nve", temperature_K=300, timestep_fs=1.0, steps=40, interval=5,
+               traj=str(tmp_path / "a.traj"), log=str(tmp_path / "a.csv"),
+               plot=str(tmp_path / "a.png"), progress=False)
+    assert s.completed and s.steps == 40
+    assert np.isfinite(s.energy_drift_meV_per_atom_per_ps)
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    assert len(rows) == 9 and rows[-1]["step"] == "40"
+    etot = np.array([float(r["etot_eV"]) for r in rows])
+    assert np.ptp(etot) < 0.01 * len(atoms)
+    assert len(read(tmp_path / "a.traj", ":")) == 9
+    assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_nvt_and_npt_run(model, tmp_path):
+    calc = EqGNNCalculator(model, dtype="float64")
+    s = run_md(copper(), calc, "nvt", temperature_K=500, steps=20, interval=10, traj=None, log=None,
+               plot=None, progress=False)
+    assert s.completed and np.isfinite(s.temperature_mean_K)
+    atoms = copper()
+    s = run_md(atoms, EqGNNCalculator(model, dtype="float64"), "npt", temperature_K=300, steps=20,
+               interval=10, traj=None, log=str(tmp_path / "n.csv"), plot=None, progress=False)
+    assert s.completed
+    volumes = [float(r["volume_A3"]) for r in csv.DictReader(open(tmp_path / "n.csv"))]
+    assert len(set(volumes)) > 1  # the barostat moves the cell
+
+
+def test_blow_up_is_detected_and_files_kept(model, tmp_path):
+    calc = EqGNNCalculator(model, dtype="float64")
+    s = run_md(copper(), calc, "nvt", temperature_K=300, steps=50, interval=5, max_temperature_K=1.0,
+               traj=str(tmp_path / "b.traj"), log=str(tmp_path / "b.csv"), plot=None, progress=False)
+    assert not s.completed and "temperature ran away" in s.message
+    assert len(read(tmp_path / "b.traj", ":")) >= 1
+    mol = molecule("CH4")
+    mol.calc = EqGNNCalculator(model, dtype="float64")
+    momenta = np.zeros((5, 3))
+    momenta[1] = [0, 0, 2000.0]  # one hydrogen shot away
+    mol.set_momenta(momenta)
+    s = run_md(mol, mol.calc, "nve", steps=200, interval=5, traj=None, log=None, plot=None,
+               max_temperature_K=1e12, progress=False)
+    assert not s.completed and "flew apart" in s.message and "[1]" in s.message
+
+
+def test_relax_positions_and_cell(model, tmp_path):
+    atoms = copper()
+    s = relax(atoms, EqGNNCalculator(model, dtype="float64"), fmax=0.05, cell=True,
+              out=str(tmp_path / "r.xyz"), logfile=None)
+    # the filter's convergence test mixes atom and cell forces: atom forces end within a few %
+    assert s.converged and s.max_force_eV_per_A < 0.055 and len(s.stress_eV_per_A3) == 6
+    assert len(read(tmp_path / "r.xyz")) == len(atoms)
+    with pytest.raises(ValueError, match="optimizer"):
+        relax(copper(), EqGNNCalculator(model), optimizer="lbfgsx")
+
+
+def test_command_line_front_ends(model, tmp_path, capsys):
+    path = tmp_path / "m.pt"
+    save_model(model, path)
+    write(tmp_path / "cu.xyz", copper())
+    rc = md_cli.main([str(tmp_path / "cu.xyz"), "--model", str(path), "--steps", "10", "--interval", "5",
+                      "--ensemble", "nve", "--traj", str(tmp_path / "c.traj"), "--log",
+                      str(tmp_path / "c.csv"), "--plot", str(tmp_path / "c.png"), "--json",
+                      str(tmp_path / "c.json"), "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "energy drift" in out
+    assert json.load(open(tmp_path / "c.json"))["steps"] == 10
+    rc = relax_cli.main([str(tmp_path / "cu.xyz"), "--model", str(path), "--cell", "--fmax", "0.05",
+                         "--out", str(tmp_path / "relaxed.xyz")])
+    assert rc == 0
+    assert "converged" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="does not exist"):
+        md_cli.main([str(tmp_path / "cu.xyz"), "--model", str(tmp_path / "missing.pt")])
