@@ -1,0 +1,65 @@
+"""Per-epoch learning-rate schedules with linear warm-up, built from torch's schedulers.
+
+- ``"cosine"``: one :class:`~torch.optim.lr_scheduler.LambdaLR` with factor
+  ``(e + 1) / W`` for the first ``W`` warm-up epochs, then
+  ``r + (1 - r) (1 + cos(π (e - W) / (T - W))) / 2`` down to ``r = min_lr / lr`` at ``T = max_epochs``.
+- ``"plateau"``: the same linear warm-up (LambdaLR), then
+  :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau` on the validation loss.
+
+The learning rate used in epoch ``e`` depends only on ``e`` and the validation losses so far; the
+state (``state_dict``) holds both schedulers so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+__all__ = ["EpochScheduler"]
+
+
+class EpochScheduler:
+    """Call :meth:`step` once at the end of every epoch with that epoch's index and validation loss."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, lr: float, max_epochs: int,
+                 warmup_epochs: int = 0, min_lr: float = 1e-6, factor: float = 0.5, patience: int = 5):
+        if kind not in ("plateau", "cosine"):
+            raise ValueError(f"scheduler must be 'plateau' or 'cosine', got {kind!r}")
+        self.kind = kind
+        self.warmup_epochs = int(warmup_epochs)
+        w, t = self.warmup_epochs, int(max_epochs)
+        floor = min(1.0, min_lr / lr)
+
+        def warm(e: int) -> float:
+            return 1.0 if w == 0 or e >= w else (e + 1) / w
+
+        def cosine(e: int) -> float:
+            if e < w:
+                return (e + 1) / w
+            p = min(1.0, (e - w) / max(1, t - w))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+        self.lambda_lr = LambdaLR(optimizer, cosine if kind == "cosine" else warm)
+        self.plateau = (ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
+                                          min_lr=min_lr) if kind == "plateau" else None)
+
+    def step(self, epoch: int, valid_loss: float) -> None:
+        """End of epoch ``epoch`` (0-based): set the learning rate of epoch ``epoch + 1``."""
+        if self.plateau is None or epoch + 1 <= self.warmup_epochs:
+            self.lambda_lr.step()
+        else:
+            self.plateau.step(valid_loss)
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = {"lambda_lr": self.lambda_lr.state_dict()}
+        if self.plateau is not None:
+            state["plateau"] = self.plateau.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.lambda_lr.load_state_dict(state["lambda_lr"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
