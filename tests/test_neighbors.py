@@ -262,3 +262,14 @@ def test_vesin_backend_matches_ase(pbc):
     atoms.rattle(0.05, seed=0)
     got = nl(torch.tensor(atoms.positions), torch.tensor(atoms.cell[:]), [True] * 3)
     assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, 3.0))
+
+
+@pytest.mark.parametrize("subdivisions", [2, 3])
+def test_finer_bins_give_the_same_list(subdivisions):
+    rng = np.random.default_rng(subdivisions)
+    cell = np.array([[6.0, 0, 0], [1.5, 5.5, 0], [0.7, 0.9, 5.0]])
+    atoms = Atoms("H40", positions=rng.uniform(-0.2, 1.2, (40, 3)) @ cell, cell=cell,
+                  pbc=(True, True, False))
+    got = batched_neighbor_list(torch.tensor(atoms.positions), 2.7, None, torch.tensor(cell),
+                                torch.tensor(atoms.pbc), subdivisions=subdivisions)
+    assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, 2.7))
