@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np

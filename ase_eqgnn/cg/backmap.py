@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_torch_save
 from .maps import CGMap
 from .model import BackmapConfig, BackmapVAE
 
@@ -35,29 +36,7 @@ VERSION = 1
 WRITABLE = (".pdb", ".dcd", ".xtc", ".h5", ".hdf5")
 
 
-# -- checkpoints --------------------------------------------------------------------------------
-def atomic_torch_save(obj: Dict, path: Union[str, Path]) -> None:
-    """Write ``obj`` to ``path`` atomically: temp file in the same folder, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
+# -- checkpoints (written atomically by the package's one atomic_torch_save) ---------------------
 def topology_to_pdb_string(topology) -> str:
     """The topology as PDB text (zero coordinates; bonds by residue templates and CONECT)."""
     import mdtraj as md

@@ -31,13 +31,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import yaml
 
-from .backmap import atomic_torch_save, bead_distance_stats, load_checkpoint, save_checkpoint
+from ..checkpoint import atomic_torch_save
+from .backmap import bead_distance_stats, load_checkpoint, save_checkpoint
 from .losses import GeometryTerms, LossWeights, kl_divergence, reconstruction_loss
 from .maps import CGMap, build_map
 from .metrics import evaluate_backmapping
