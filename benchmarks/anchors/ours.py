@@ -1,0 +1,49 @@
+"""Benchmark worker for ase_eqgnn's own models (run with the project's venv, /work/venv/bin/python).
+
+    python benchmarks/anchors/ours.py --model painn|tp|egnn [common worker flags]
+
+Benchmark sizes (shared/BRIEF.md): painn 128 features x 3 layers x 20 radial functions (SchNetPack's
+PaiNN size); tp l_max 1, 4 layers, 32 features (NequIP's defaults); egnn 128 features x 3 layers.
+Cutoff 5 Å, species H, C, O, Cu, float32, randomly initialised (seeded), EqGNNCalculator on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+HPARAMS = {
+    "painn": dict(features=128, layers=3, n_radial=20),
+    "tp": dict(l_max=1, layers=4, features=32),
+    "egnn": dict(features=128, layers=3),
+}
+
+
+def main():
+    p = common.worker_parser(__doc__)
+    p.add_argument("--model", choices=sorted(HPARAMS), required=True)
+    args = p.parse_args()
+    common.set_threads(args.threads)
+    import torch
+
+    from ase_eqgnn.calculator import EqGNNCalculator
+    from ase_eqgnn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(args.model, species=common.SPECIES, cutoff=common.CUTOFF,
+                        **HPARAMS[args.model])
+
+    def make_calc():
+        return EqGNNCalculator(model, device="cpu", dtype="float32")
+
+    hp = ", ".join(f"{k}={v}" for k, v in HPARAMS[args.model].items())
+    common.run_worker(args, f"ours-{args.model}", make_calc,
+                      common.package_versions("ase_eqgnn", "torch", "e3nn", "ase"), "float32",
+                      notes=[f"{args.model}: {hp}, cutoff {common.CUTOFF}"])
+
+
+if __name__ == "__main__":
+    main()
