@@ -84,6 +84,7 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary readable file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
