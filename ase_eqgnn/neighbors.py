@@ -146,6 +146,7 @@ def batched_neighbor_list(
     cell=None,
     pbc=None,
     subdivisions: int = 1,
+    use_cluster: bool = True,
 ) -> Pairs:
     """Neighbour list of many structures at once.
 
@@ -156,6 +157,8 @@ def batched_neighbor_list(
     batch : [N] int64 index of each atom's structure (``None``: one structure).
     cell : [B, 3, 3] or [3, 3] lattice vectors as rows (Å); ignored along non-periodic directions.
     pbc : [B, 3] or [3] booleans.
+    use_cluster : for non-periodic structures on CUDA, use torch-cluster's ``radius_graph`` when the
+        optional ``torch-cluster`` package is installed (see :func:`cluster_neighbor_list`).
     subdivisions : bins per cutoff length (1 is fastest in torch on CPU; finer bins visit fewer
         far-away candidates but cost more per atom).
 
@@ -188,6 +191,9 @@ def batched_neighbor_list(
     empty = torch.zeros(0, dtype=torch.long, device=device)
     if n_atoms == 0:
         return empty, empty, torch.zeros(0, 3, dtype=torch.long, device=device)
+
+    if use_cluster and not pbc_np.any() and device.type == "cuda" and cluster_available():
+        return cluster_neighbor_list(positions, cutoff, batch)
 
     frames = np.stack([_binning_frame(cell_np[b], pbc_np[b], b) for b in range(n_graphs)])
     f64 = torch.float64
@@ -385,6 +391,45 @@ def neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
             raise ValueError(f"pbc must be a bool or three of them, got shape {pbc.shape}")
         pbc = np.broadcast_to(pbc.reshape(-1), (3,))
     return batched_neighbor_list(positions, cutoff, None, cell, pbc)
+
+
+def cluster_available() -> bool:
+    """Whether the optional ``torch-cluster`` package (``pip install "ase_eqgnn[cluster]"``) imports."""
+    try:
+        import torch_cluster  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cluster_neighbor_list(positions: torch.Tensor, cutoff: float,
+                          batch: Optional[torch.Tensor] = None) -> Pairs:
+    """Non-periodic neighbour list of a batch of structures by torch-cluster's ``radius_graph``.
+
+    ``radius_graph`` silently drops neighbours beyond ``max_num_neighbors`` (32 by default); it is
+    called with the size of the largest structure, so nothing can be dropped, and the result is
+    checked against that bound. Shifts are all zero. Same conventions as :func:`batched_neighbor_list`.
+    """
+    from torch_cluster import radius_graph
+
+    cutoff = _check_cutoff(cutoff)
+    positions = _as_positions(positions)
+    n_atoms = positions.shape[0]
+    if batch is None:
+        batch = torch.zeros(n_atoms, dtype=torch.long, device=positions.device)
+    largest = int(torch.bincount(batch).max()) if n_atoms else 0
+    if largest < 2:
+        empty = torch.zeros(0, dtype=torch.long, device=positions.device)
+        return empty, empty, torch.zeros(0, 3, dtype=torch.long, device=positions.device)
+    edges = radius_graph(positions.detach(), r=cutoff, batch=batch, loop=False,
+                         max_num_neighbors=largest, flow="source_to_target")
+    j, i = edges[0], edges[1]  # flow source_to_target: edges[1] is the centre atom
+    if int(torch.bincount(i, minlength=n_atoms).max()) >= largest:
+        raise RuntimeError("torch-cluster returned a truncated neighbour list")
+    # radius_graph compares r <= cutoff; keep the strict convention of the other backends
+    keep = (positions[j] - positions[i]).detach().square().sum(-1) < cutoff * cutoff
+    i, j = i[keep], j[keep]
+    return i, j, torch.zeros(i.shape[0], 3, dtype=torch.long, device=positions.device)
 
 
 def vesin_available() -> bool:

@@ -273,3 +273,23 @@ def test_finer_bins_give_the_same_list(subdivisions):
     got = batched_neighbor_list(torch.tensor(atoms.positions), 2.7, None, torch.tensor(cell),
                                 torch.tensor(atoms.pbc), subdivisions=subdivisions)
     assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, 2.7))
+
+
+@pytest.mark.skipif(not __import__("ase_eqgnn.neighbors").neighbors.cluster_available(),
+                    reason="torch-cluster not installed (optional extra ase_eqgnn[cluster])")
+def test_torch_cluster_path_matches_ase():
+    from ase_eqgnn.neighbors import cluster_neighbor_list
+
+    molecules = [molecule("C6H6"), molecule("CH3CH2OH")]
+    dense = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)  # 108 atoms, >32 neighbours at 5.5 Å
+    dense.pbc = False
+    molecules.append(dense)
+    pos = torch.tensor(np.concatenate([m.positions for m in molecules]))
+    batch = torch.tensor(np.repeat(np.arange(3), [len(m) for m in molecules]))
+    i, j, S = cluster_neighbor_list(pos, 5.5, batch)
+    expected, offset = set(), 0
+    for m in molecules:
+        ii, jj, SS = ase_neighbor_list("ijS", m, 5.5)
+        expected |= as_set(ii + offset, jj + offset, SS)
+        offset += len(m)
+    assert as_set(i, j, S) == expected
