@@ -13,7 +13,12 @@ For generated ``x`` and reference ``x*`` [F, n, 3]:
   ``theta = atan2(|u x w|, u . w)`` with ``u = x_i - x_j``, ``w = x_k - x_j``;
 - steric: ``(1/n) sum_pairs relu(d0 - d_ij)^2`` averaged over frames, over heavy-atom pairs more
   than 3 bonds apart (the pairs of the clash metric), ``d0`` a threshold (Å), ``n`` the atom count
-  (so the weight means the same for small and large molecules).
+  (so the weight means the same for small and large molecules);
+- sample heavy-atom MSD: the reconstruction term restricted to heavy atoms, applied to a *prior*
+  sample (off by default). Where the CG beads pin the heavy atoms down (a backbone map of a small
+  peptide), this teaches the decoder to put the latent's freedom into the hydrogens (methyl rotors)
+  and keeps prior samples on the reference's heavy-atom frame; it is mean-seeking, so leave it off
+  when heavy atoms are genuinely multimodal given the beads (side chains under a residue map).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from .metrics import clash_mask
 
 __all__ = ["LossWeights", "reconstruction_loss", "kl_divergence", "bond_loss", "angle_loss",
-           "steric_loss", "angle_triplets", "steric_pairs", "GeometryTerms"]
+           "steric_loss", "heavy_reconstruction_loss", "angle_triplets", "steric_pairs", "GeometryTerms"]
 
 
 @dataclass
@@ -41,6 +46,7 @@ class LossWeights:
     steric: float = 1.0
     steric_threshold: float = 2.2
     sample_geometry: float = 0.5  # weight of bond/angle/steric terms on prior samples
+    sample_heavy_recon: float = 0.0  # weight of the heavy-atom MSD of prior samples
 
     @classmethod
     def from_dict(cls, data: Dict) -> "LossWeights":
@@ -57,6 +63,11 @@ class LossWeights:
 def reconstruction_loss(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Mean squared displacement per atom (Å²)."""
     return ((x - ref) ** 2).sum(-1).mean()
+
+
+def heavy_reconstruction_loss(x: torch.Tensor, ref: torch.Tensor, heavy: torch.Tensor) -> torch.Tensor:
+    """Mean squared displacement of the atoms where ``heavy`` [n] (bool) is set (Å²)."""
+    return ((x[:, heavy] - ref[:, heavy]) ** 2).sum(-1).mean()
 
 
 def kl_divergence(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,
@@ -124,6 +135,7 @@ class GeometryTerms(torch.nn.Module):
         self.register_buffer("bonds", torch.as_tensor(bonds))
         self.register_buffer("triplets", torch.as_tensor(angle_triplets(len(elements), bonds)))
         self.register_buffer("pairs", torch.as_tensor(steric_pairs(elements, bonds)))
+        self.register_buffer("heavy", torch.as_tensor([e != "H" for e in elements], dtype=torch.bool))
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor, threshold: float) -> Dict[str, torch.Tensor]:
         return {"bond": bond_loss(x, ref, self.bonds), "angle": angle_loss(x, ref, self.triplets),

@@ -12,10 +12,13 @@ Run directory (``out``), as for the potential trainer:
 
 Resume: when ``out/last.pt`` exists the run continues from it with nothing lost (weights, EMA,
 optimizer, epoch, elapsed time, torch RNG and the shuffling generator); ``max_epochs`` and
-``max_time`` may be raised on resume. Loss per batch (see :mod:`ase_eqgnn.cg.losses`)::
+``max_time`` may be raised on resume. ``init_from`` (a back-mapping checkpoint of the same
+topology and map) starts a new run from its weights, with a fresh optimizer: fine-tuning with other
+loss weights, data or schedule. Loss per batch (see :mod:`ase_eqgnn.cg.losses`)::
 
     L = w_recon MSD(x_rec, x) + beta_t KL(q || p) + w_bond L_bond + w_angle L_angle
         + w_steric L_steric + w_sample (L_bond + w_angle L_angle + w_steric L_steric)(x ~ p(x|X))
+        + w_sample_heavy MSD_heavy(x ~ p(x|X), x)
 
 with ``beta_t`` ramped linearly over ``kl_warmup_epochs``; validation, ``best.pt`` and exported
 models use an exponential moving average of the weights (decay ``min(ema_decay, (1+t)/(10+t))``
@@ -39,7 +42,8 @@ import yaml
 
 from ..checkpoint import atomic_torch_save
 from .backmap import bead_distance_stats, load_checkpoint, save_checkpoint
-from .losses import GeometryTerms, LossWeights, kl_divergence, reconstruction_loss
+from .losses import (GeometryTerms, LossWeights, heavy_reconstruction_loss, kl_divergence,
+                     reconstruction_loss)
 from .maps import CGMap, build_map
 from .metrics import evaluate_backmapping
 from .model import BackmapConfig, BackmapVAE
@@ -51,7 +55,7 @@ DEFAULT_CONFIG: Dict = {
     "val_fraction": 0.1, "seed": 0, "batch_size": 32, "lr": 2e-3, "lr_min": 5e-5,
     "weight_decay": 0.0, "max_epochs": 200, "max_time": None, "kl_warmup_epochs": 5,
     "grad_clip": 10.0, "ema_decay": 0.995, "patience": None, "dtype": "float32", "device": "cpu",
-    "threads": None, "val_eval_frames": 200, "out": "runs/backmap",
+    "threads": None, "val_eval_frames": 200, "out": "runs/backmap", "init_from": None,
     "model": BackmapConfig().to_dict(), "loss": LossWeights().to_dict(),
 }
 _RESUME_OVERRIDABLE = ("max_epochs", "max_time", "patience", "threads", "device")
@@ -169,13 +173,16 @@ def _loss_terms(model: BackmapVAE, geom: GeometryTerms, w: LossWeights, x: torch
     g = geom(out["x_recon"], x, w.steric_threshold)
     total = (w.recon * terms["recon"] + beta * terms["kl"] + w.bond * g["bond"]
              + w.angle * g["angle"] + w.steric * g["steric"])
-    if w.sample_geometry > 0:
+    if w.sample_geometry > 0 or w.sample_heavy_recon > 0:
         eps = torch.randn_like(out["mu_p"])
         z = out["mu_p"] + eps * torch.exp(0.5 * out["logvar_p"])
-        gs = geom(model.decode(z, out["X"]), x, w.steric_threshold)
+        x_sample = model.decode(z, out["X"])
+        gs = geom(x_sample, x, w.steric_threshold)
         total = total + w.sample_geometry * (w.bond * gs["bond"] + w.angle * gs["angle"]
                                              + w.steric * gs["steric"])
         terms["sample_bond"] = gs["bond"]
+        terms["sample_heavy_msd"] = heavy_reconstruction_loss(x_sample, x, geom.heavy)
+        total = total + w.sample_heavy_recon * terms["sample_heavy_msd"]
     terms.update(g)
     terms["loss"] = total
     return terms
@@ -203,6 +210,24 @@ def _validate(model: BackmapVAE, geom: GeometryTerms, w: LossWeights, x_val: tor
                 "val_sample_clash": m_smp["clash_ratio"]})
     model.train()
     return res
+
+
+def _init_weights(model: BackmapVAE, path: Union[str, Path], cg_map: CGMap, elements: List[str],
+                  bonds: np.ndarray) -> None:
+    """Load the weights of back-mapping checkpoint ``path`` into ``model`` (same molecule and map)."""
+    ckpt = load_checkpoint(path)
+    meta = json.loads(ckpt["meta"])
+    if meta.get("elements") != list(elements) or sorted(map(tuple, meta.get("bonds", []))) != \
+            sorted(map(tuple, bonds.tolist())):
+        raise ValueError(f"init_from={path}: its molecule (atoms, bonds) differs from the training "
+                         "trajectory's; fine-tune only on the molecule it was trained on")
+    if CGMap.from_json(ckpt["cg_map"]).to_json() != cg_map.to_json():
+        raise ValueError(f"init_from={path}: its CG map differs from this run's map")
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as err:
+        raise ValueError(f"init_from={path}: its model does not match this run's model settings "
+                         f"({str(err).splitlines()[0]})") from None
 
 
 def train_backmap(config: Optional[Union[str, Path, Dict]] = None, progress: bool = True,
@@ -248,6 +273,10 @@ def train_backmap(config: Optional[Union[str, Path, Dict]] = None, progress: boo
     batches = _Batches(len(x_train), cfg["batch_size"], cfg["seed"] + 1)
     val_gen = torch.Generator(device=device)
     epoch, elapsed, best, history, stale = 0, 0.0, float("inf"), [], 0
+    if resume is None and cfg["init_from"]:
+        _init_weights(model, cfg["init_from"], cg_map, elements, bonds)
+        ema.load_state_dict(model.state_dict())
+        print(f"starting from the weights of {cfg['init_from']}")
     if resume is not None:
         model.load_state_dict(resume["model_state_raw"])
         ema.load_state_dict(resume["model_state"])

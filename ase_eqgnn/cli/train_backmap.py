@@ -7,6 +7,8 @@ Maps: ``ala2-5bead`` (ACE C, ALA N, ALA CA, ALA C, NME N), ``residue`` (centre o
 residue), ``residue-com`` (centre of mass), ``ca`` (alpha carbons). The run directory gets
 config.yaml, last.pt, best.pt, log.csv and learning_curve.png; re-running the same command with the
 same ``--out`` resumes from last.pt (``--max-epochs``/``--max-time`` may be raised).
+``--init-from CKPT`` starts a new run from the weights of a back-mapping model of the same molecule
+and map (fine-tuning).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "float64"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init-from", default=None, help="start from this back-mapping checkpoint's weights")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -45,7 +48,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         train_backmap(args.config, progress=not args.no_progress, traj=args.traj, top=args.top,
                       map=args.map, out=args.out, max_epochs=args.max_epochs, max_time=args.max_time,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, stride=args.stride,
-                      device=args.device, dtype=args.dtype, threads=args.threads)
+                      device=args.device, dtype=args.dtype, threads=args.threads,
+                      init_from=args.init_from)
     except (ValueError, FileNotFoundError) as err:
         print(f"eqgnn-train-backmap: error: {err}", file=sys.stderr)
         return 2
