@@ -17,7 +17,10 @@ thickness (distance between bin faces) is at least ``cutoff / subdivisions``, so
 the cutoff sit at most ``k = subdivisions`` bins apart along each direction (more, when the cell is thinner
 than the cutoff: then the same bin is visited through several lattice images). Only half of the bin
 offsets are visited (lexicographically positive ones plus the own bin with ``j > i``); the other half
-is the mirror image. Work and memory are O(N) for a fixed density.
+is the mirror image. Candidates are screened in rows, one per (atom, neighbouring bin), padded to the
+fullest bin: the sorted positions of a bin are contiguous, so a row is a window of them and atom i's
+coordinates broadcast along it (very uneven bins fall back to one flat run of candidates). Work and
+memory are O(N) for a fixed density.
 
 Example
 -------
@@ -42,6 +45,8 @@ Pairs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 # Candidate pairs per chunk: bounds peak memory (~100 bytes per candidate) for very large systems.
 _MAX_CANDIDATES_PER_CHUNK = 4_000_000
+# Padded candidate rows are used while they hold at most this many slots per real candidate.
+_MAX_PADDING = 1.6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,8 +323,10 @@ def batched_neighbor_list(
     if prune:
         thick_t = torch.as_tensor(np.where(orthogonal[:, None], thickness, 0.0), dtype=f64,
                                   device=device)
-        off_f = offsets_t.to(f64)[None]  # [1, M, 3]
+        off_cols = offsets_t.T.to(f64)  # [3, M]
     s_cols = s_pos.T.contiguous()
+    image_rows = image.reshape(-1, 3)
+    shift_rows = tab_shift.reshape(-1, 3)
     cutoff_sq = cutoff * cutoff
 
     i_out, j_out, shift_out = [], [], []
@@ -334,44 +341,68 @@ def batched_neighbor_list(
         first[:, own] = after
         count[:, own] = bin_start[t] + bin_count[t] - after
         if prune:
-            u = s_in_bin[sl, None, :]
-            gap = torch.where(off_f > 0, off_f - u, torch.where(off_f < 0, -off_f - 1 + u,
-                                                                   torch.zeros_like(u)))
-            gap = gap.clamp(min=0) * thick_t[s_graph[sl]][:, None, :]
-            count = torch.where((gap * gap).sum(-1) < cutoff_sq, count, torch.zeros_like(count))
-        # atom i minus the image shift, so that r_ij = pos[j] - base; one column per coordinate
-        # because torch gathers and reduces 1-D tensors much faster than [C, 3] rows
-        base = (s_pos[sl, None, :] - tab_shift.index_select(0, t)).reshape(-1, 3)
+            u = s_in_bin[sl]
+            thick = thick_t.index_select(0, s_graph[sl])
+            gap_sq = None
+            for d in range(3):
+                o, ud = off_cols[d], u[:, d, None]
+                gap = torch.where(o > 0, o - ud, torch.where(o < 0, ud - o - 1, torch.zeros_like(ud)))
+                gap = gap.clamp_(min=0) * thick[:, d, None]
+                gap_sq = gap * gap if gap_sq is None else gap_sq.addcmul_(gap, gap)
+            count.masked_fill_(gap_sq >= cutoff_sq, 0)
 
-        count = count.reshape(-1)
-        nz = count.nonzero().flatten()
-        cnt = count.index_select(0, nz)
-        n_cand = int(cnt.sum())
-        if n_cand == 0:
+        # One row per (atom, neighbouring bin) that can hold candidates.
+        rows = count.nonzero()
+        if rows.shape[0] == 0:
             continue
-        rep = torch.repeat_interleave(torch.arange(nz.numel(), device=device), cnt,
-                                      output_size=n_cand)
-        # j = first + local index = arange + (first - exclusive cumsum of counts): one gather
-        jump = first.reshape(-1).index_select(0, nz) - (torch.cumsum(cnt, 0) - cnt)
-        sj = torch.arange(n_cand, device=device) + jump.index_select(0, rep)
-        base_nz = base.index_select(0, nz).T.contiguous()
-        dist_sq = None
-        for d in range(3):
-            diff = s_cols[d].index_select(0, sj) - base_nz[d].index_select(0, rep)
-            dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
-        close = (dist_sq < cutoff_sq).nonzero().flatten()
-        sj = sj.index_select(0, close)
-        am = nz.index_select(0, rep.index_select(0, close))
-        a = torch.div(am, n_off, rounding_mode="floor")
-        i_out.append(a + start)
+        atom = rows[:, 0]
+        flat = atom * n_off + rows[:, 1]
+        cnt = count.view(-1).index_select(0, flat)
+        starts = first.view(-1).index_select(0, flat)
+        table_row = t.index_select(0, atom) * n_off + rows[:, 1]  # row of the (bin, offset) tables
+        # atom i minus the lattice image of the bin: r_ij = pos[j] - base; one column per coordinate
+        # because torch gathers and reduces 1-D tensors much faster than [C, 3] rows
+        base = s_pos[sl].index_select(0, atom) - shift_rows.index_select(0, table_row)
+        base_cols = base.T.contiguous()
+        width = int(cnt.max())
+        n_cand = int(cnt.sum())
+        if rows.shape[0] * width <= _MAX_PADDING * n_cand:
+            # Rows padded to the fullest bin: atom i's coordinates broadcast along the row instead
+            # of being gathered per candidate, and each row is a contiguous run of the sorted
+            # positions (a window view, no copy: row k of ``windows`` is s_cols[d][k : k + width]).
+            padded = torch.cat([s_cols, s_cols.new_zeros(3, width)], dim=1)
+            dist_sq = None
+            for d in range(3):
+                windows = padded[d].as_strided((n_atoms, width), (1, 1))
+                diff = windows.index_select(0, starts) - base_cols[d][:, None]
+                dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
+            slot = torch.arange(width, device=device)
+            close = ((dist_sq < cutoff_sq) & (slot < cnt[:, None])).nonzero()
+            row = close[:, 0]
+            sj = starts.index_select(0, row) + close[:, 1]
+        else:
+            # Very uneven bins: one flat run of candidates (no padding).
+            rep = torch.repeat_interleave(torch.arange(cnt.numel(), device=device), cnt,
+                                          output_size=n_cand)
+            # j = first + local index = arange + (first - exclusive cumsum of counts): one gather
+            jump = starts - (torch.cumsum(cnt, 0) - cnt)
+            sj = torch.arange(n_cand, device=device) + jump.index_select(0, rep)
+            dist_sq = None
+            for d in range(3):
+                diff = s_cols[d].index_select(0, sj) - base_cols[d].index_select(0, rep)
+                dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
+            close = (dist_sq < cutoff_sq).nonzero().flatten()
+            sj = sj.index_select(0, close)
+            row = rep.index_select(0, close)
+        i_out.append(atom.index_select(0, row) + start)
         j_out.append(sj)
-        shift_out.append(image.reshape(-1, 3).index_select(0, s_bin[a + start] * n_off + (am - a * n_off)))
+        shift_out.append(image_rows.index_select(0, table_row.index_select(0, row)))
 
     if not i_out:
         return empty, empty, torch.zeros(0, 3, dtype=torch.long, device=device)
-    i = order[torch.cat(i_out)]
-    j = order[torch.cat(j_out)]
-    shifts = torch.cat(shift_out) + wrap[i] - wrap[j]
+    i = order.index_select(0, torch.cat(i_out))
+    j = order.index_select(0, torch.cat(j_out))
+    shifts = torch.cat(shift_out) + wrap.index_select(0, i) - wrap.index_select(0, j)
     # Mirror the half list into the full one.
     return torch.cat([i, j]), torch.cat([j, i]), torch.cat([shifts, -shifts])
 
