@@ -325,6 +325,12 @@ def batched_neighbor_list(
                                   device=device)
         off_cols = offsets_t.T.to(f64)  # [3, M]
     s_cols = s_pos.T.contiguous()
+    # float32 copy for the candidate screen, relative to the centre of the coordinates so that
+    # rounding depends on the system's size, not on where it sits; the margin bounds that rounding
+    origin32 = s_cols.mean(dim=1, keepdim=True) if n_atoms else s_cols.new_zeros(3, 1)
+    s_cols32 = (s_cols - origin32).to(torch.float32)
+    extent = float(s_cols32.abs().max()) + float(tab_shift.abs().max()) + cutoff
+    screen_sq = (cutoff + 1e-5 + 1e-6 * extent) ** 2
     image_rows = image.reshape(-1, 3)
     shift_rows = tab_shift.reshape(-1, 3)
     cutoff_sq = cutoff * cutoff
@@ -370,16 +376,25 @@ def batched_neighbor_list(
             # Rows padded to the fullest bin: atom i's coordinates broadcast along the row instead
             # of being gathered per candidate, and each row is a contiguous run of the sorted
             # positions (a window view, no copy: row k of ``windows`` is s_cols[d][k : k + width]).
-            padded = torch.cat([s_cols, s_cols.new_zeros(3, width)], dim=1)
+            # The screen runs in float32 (half the memory traffic) with a margin that covers its
+            # rounding; the few pairs it passes are then checked exactly in float64.
+            padded = torch.cat([s_cols32, s_cols32.new_zeros(3, width)], dim=1)
+            base32 = (base_cols - origin32).to(torch.float32)
             dist_sq = None
             for d in range(3):
                 windows = padded[d].as_strided((n_atoms, width), (1, 1))
-                diff = windows.index_select(0, starts) - base_cols[d][:, None]
+                diff = windows.index_select(0, starts) - base32[d][:, None]
                 dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
             slot = torch.arange(width, device=device)
-            close = ((dist_sq < cutoff_sq) & (slot < cnt[:, None])).nonzero()
+            close = ((dist_sq < screen_sq) & (slot < cnt[:, None])).nonzero()
             row = close[:, 0]
             sj = starts.index_select(0, row) + close[:, 1]
+            exact = None
+            for d in range(3):
+                diff = s_cols[d].index_select(0, sj) - base_cols[d].index_select(0, row)
+                exact = diff * diff if exact is None else exact.addcmul_(diff, diff)
+            keep = (exact < cutoff_sq).nonzero().flatten()
+            row, sj = row.index_select(0, keep), sj.index_select(0, keep)
         else:
             # Very uneven bins: one flat run of candidates (no padding).
             rep = torch.repeat_interleave(torch.arange(cnt.numel(), device=device), cnt,
