@@ -375,20 +375,21 @@ def batched_neighbor_list(
         if rows.shape[0] * width <= _MAX_PADDING * n_cand:
             # Rows padded to the fullest bin: atom i's coordinates broadcast along the row instead
             # of being gathered per candidate, and each row is a contiguous run of the sorted
-            # positions (a window view, no copy: row k of ``windows`` is s_cols[d][k : k + width]).
+            # positions (a window view, no copy: column k of ``windows`` is s_cols[d][k : k + width]).
             # The screen runs in float32 (half the memory traffic) with a margin that covers its
             # rounding; the few pairs it passes are then checked exactly in float64.
             padded = torch.cat([s_cols32, s_cols32.new_zeros(3, width)], dim=1)
             base32 = (base_cols - origin32).to(torch.float32)
             dist_sq = None
             for d in range(3):
-                windows = padded[d].as_strided((n_atoms, width), (1, 1))
-                diff = windows.index_select(0, starts) - base32[d][:, None]
+                # [width, rows], slot-major: the subtraction broadcasts along contiguous memory
+                windows = padded[d].as_strided((width, n_atoms), (1, 1))
+                diff = windows.index_select(1, starts).sub_(base32[d])
                 dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
             slot = torch.arange(width, device=device)
-            close = ((dist_sq < screen_sq) & (slot < cnt[:, None])).nonzero()
-            row = close[:, 0]
-            sj = starts.index_select(0, row) + close[:, 1]
+            close = ((dist_sq < screen_sq) & (slot[:, None] < cnt)).nonzero()
+            row = close[:, 1]
+            sj = starts.index_select(0, row) + close[:, 0]
             exact = None
             for d in range(3):
                 diff = s_cols[d].index_select(0, sj) - base_cols[d].index_select(0, row)
