@@ -3,6 +3,8 @@
     python benchmarks/accuracy.py                          # 30 min per model (the brief's budget)
     python benchmarks/accuracy.py --budget 60 --models painn --own-budget 30   # a smoke run
     python benchmarks/accuracy.py --mace-python /work/anchors/mace/bin/python  # + MACE side by side
+    python benchmarks/accuracy.py --budget 0 --own-budget 120 --models painn --json a.json  # own data only
+    python benchmarks/accuracy.py --merge a.json b.json    # one table from runs made in parallel
 
 Run from the repository root. For every model in ``--models`` (PaiNN 128 features / 3 layers / 20
 radial functions; ``tp`` l_max 1 / 4 layers / 32 features, matched to NequIP; EGNN 128 / 3), it trains
@@ -205,7 +207,8 @@ def print_tables(results: Dict, budget: float, own_budget: float) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", type=float, default=1800.0, help="wall-time seconds per model (aspirin)")
+    p.add_argument("--budget", type=float, default=1800.0,
+                   help="wall-time seconds per model (aspirin); 0 skips aspirin")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: painn,tp,egnn")
     p.add_argument("--md17", default="../shared/data/md17/aspirin",
                    help="directory with train/val/test.npz (relative to the repository root)")
@@ -216,7 +219,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--out", default="bench_out/accuracy", help="run directories (relative to the repository root)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="print one table from the JSON files of several runs (no training)")
     args = p.parse_args(argv)
+    if args.merge:
+        merged: Dict = {"aspirin": {}, "own": {}}
+        for path in args.merge:
+            part = json.loads(pathlib.Path(path).read_text())
+            merged["aspirin"].update(part.get("aspirin", {}))
+            merged["own"].update(part.get("own", {}))
+            merged.setdefault("budget_s", part.get("budget_s") or 0.0)
+            if part.get("own"):
+                merged["own_budget_s"] = part.get("own_budget_s", 0.0)
+        print_tables(merged, merged.get("budget_s", 0.0), merged.get("own_budget_s", 0.0))
+        return 0
 
     os.chdir(ROOT)
     md17 = pathlib.Path(args.md17)
@@ -234,11 +250,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "torch": torch.__version__}
     md17_paths = {"data": str(md17 / "train.npz"), "valid_data": str(md17 / "val.npz"),
                   "test_data": str(md17 / "test.npz")}
-    for name in models:
+    for name in (models if args.budget > 0 else []):
         print(f"== {name} on aspirin, {args.budget:.0f} s", flush=True)
         results["aspirin"][name] = run_ours(configs / f"aspirin_{name}.yaml", out / f"aspirin_{name}",
                                             args.budget, args.device, args.threads, **md17_paths)
-    if args.mace_python:
+    if args.mace_python and args.budget > 0:
         print(f"== MACE (mace_run_train) on aspirin, {args.budget:.0f} s", flush=True)
         results["aspirin"]["mace"] = run_mace(args.mace_python, md17, out / "aspirin_mace", args.budget,
                                               args.device, args.threads)
