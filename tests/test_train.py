@@ -99,6 +99,26 @@ def test_cosine_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 0.05
 
 
+def test_cosine_schedule_follows_the_time_budget():
+    """With max_time, the cosine anneals by the fraction of the budget used when that is larger."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = EpochScheduler(opt, "cosine", lr=1.0, max_epochs=1000, min_lr=0.0, max_time=100.0)
+    sched.step(0, 0.0, elapsed=50.0)  # half the budget after one epoch of a thousand
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
+    state = sched.state_dict()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    resumed = EpochScheduler(opt2, "cosine", lr=1.0, max_epochs=1000, min_lr=0.0, max_time=100.0)
+    resumed.load_state_dict(state)
+    for s_ in (sched, resumed):
+        s_.step(1, 0.0, elapsed=99.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(opt2.param_groups[0]["lr"])
+    assert opt.param_groups[0]["lr"] < 1e-3
+    untimed = EpochScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "cosine",
+                             lr=1.0, max_epochs=1000, min_lr=0.0)
+    untimed.step(0, 0.0, elapsed=50.0)  # no budget: elapsed time is ignored
+    assert untimed.lambda_lr.optimizer.param_groups[0]["lr"] > 0.99
+
+
 # ------------------------------------------------------------------------------------------ data
 def test_e0_least_squares_recovers_known_values():
     rng = np.random.default_rng(0)

@@ -86,7 +86,8 @@ class TrainConfig:
     # ------------------------------------------------------------------ optimisation
     lr: float = _f(1e-3, "AdamW learning rate (after warm-up)")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
-    scheduler: str = _f("plateau", "\"plateau\" (ReduceLROnPlateau on valid loss) or \"cosine\"")
+    scheduler: str = _f("plateau", "\"plateau\" (ReduceLROnPlateau on valid loss) or \"cosine\" "
+                                   "(annealed over max_epochs, or over max_time when that comes first)")
     warmup_epochs: int = _f(0, "linear learning-rate warm-up before the schedule")
     lr_factor: float = _f(0.5, "plateau: multiply the lr by this on a plateau")
     lr_patience: int = _f(5, "plateau: epochs without improvement before reducing")

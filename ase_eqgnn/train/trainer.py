@@ -181,7 +181,8 @@ class Trainer:
         self.model = model.to(device=self.device, dtype=self.dtype)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = EpochScheduler(self.optimizer, cfg.scheduler, cfg.lr, cfg.max_epochs,
-                                        cfg.warmup_epochs, cfg.min_lr, cfg.lr_factor, cfg.lr_patience)
+                                        cfg.warmup_epochs, cfg.min_lr, cfg.lr_factor, cfg.lr_patience,
+                                        max_time=cfg.max_time)
         self.ema = make_ema(self.model, cfg.ema_decay)
         self.epoch = 0
         self.best_loss = math.inf
@@ -374,7 +375,7 @@ class Trainer:
                 valid_loss, metrics = sums.loss(self.weights), sums.metrics()
             else:
                 valid_loss, metrics = train_loss, {k: math.nan for k in ErrorSums().metrics()}
-            self.scheduler.step(self.epoch, valid_loss)
+            self.scheduler.step(self.epoch, valid_loss, self.elapsed + (time.perf_counter() - start))
             improved = valid_loss < self.best_loss
             if improved:
                 self.best_loss, self.best_epoch, self.bad_epochs = valid_loss, self.epoch, 0
