@@ -69,6 +69,9 @@ def main() -> None:
               "beads": ["ACE C", "ALA N", "ALA CA", "ALA C", "NME N"],
               "training_data": "training/data/ala2_train.h5 (OpenMM amber14/OBC2 300 K, seed 1, "
                                "2500 frames, 10 % validation)",
+              "recipe": "train_backmap_ala2.py from scratch (1500 s, runs/backmap_ala2), then fine-tuned "
+                        "with --init-from runs/backmap_ala2/best.pt (sample_heavy_recon 1.0, lr 5e-4; "
+                        "stopped after 961 s, 77 epochs)",
               "test_data": f"training/data/ala2_test.h5 (seed 2), first {args.test_frames} frames, "
                            f"{args.samples} samples per frame",
               "test_metrics": {k: round(v, 4) for k, v in metrics.items()}})
