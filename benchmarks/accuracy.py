@@ -235,6 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     os.chdir(ROOT)
+    torch.set_num_threads(args.threads)  # also what the device column reports for MACE's subprocess
     md17 = pathlib.Path(args.md17)
     if not (md17 / "train.npz").exists():
         print(f"accuracy.py: no MD17 split at {md17.resolve()}", file=sys.stderr)
