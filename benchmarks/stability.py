@@ -38,6 +38,18 @@ from ase_eqgnn.structures import load_structure, structure_path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def thermalised_langevin(atoms, model: str, temperature_K: float, timestep_fs: float,
+                          seed: int) -> Langevin:
+    """Bundled potential ``model`` (float32) on ``atoms``, Maxwell-Boltzmann velocities without net
+    momentum, and a Langevin integrator (friction 0.01/fs) sharing the seeded generator."""
+    atoms.calc = EqGNNCalculator.from_pretrained(model, dtype="float32")
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                    friction=0.01 / units.fs, rng=rng)
+
+
 def ramachandran_regions(phi: np.ndarray, psi: np.ndarray) -> dict:
     """Fractions of frames in the usual basins (degrees): β/PII (φ<0, ψ>50 or ψ<-150), αR (φ<0,
     -150<ψ<50), αL (φ>0)."""
@@ -61,11 +73,7 @@ def ala2_stability(ps: float, nve_ps: float, seed: int = 0) -> dict:
     start = atoms.get_positions()
     limit = 1.3 * np.linalg.norm(start[bonds[:, 0]] - start[bonds[:, 1]], axis=1)
 
-    atoms.calc = EqGNNCalculator.from_pretrained("ala2", dtype="float32")
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=rng)
-    Stationary(atoms)
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=rng)
+    dyn = thermalised_langevin(atoms, "ala2", 300.0, 0.5, seed)
     steps = int(round(ps * 1000 / 0.5))
     frames, broken_at, broken_bond = [], None, None
     t0 = time.perf_counter()
@@ -110,11 +118,7 @@ def ala2_stability(ps: float, nve_ps: float, seed: int = 0) -> dict:
 def cu_stability(ps: float, seed: int = 0) -> dict:
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(4)
     lattice = atoms.get_positions().copy()
-    atoms.calc = EqGNNCalculator.from_pretrained("cu-emt", dtype="float32")
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=rng)
-    Stationary(atoms)
-    dyn = Langevin(atoms, 2 * units.fs, temperature_K=600, friction=0.01 / units.fs, rng=rng)
+    dyn = thermalised_langevin(atoms, "cu-emt", 600.0, 2.0, seed)
     steps = int(round(ps * 1000 / 2))
     coordination, msd, temps = [], [], []
     t0 = time.perf_counter()

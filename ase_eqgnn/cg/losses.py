@@ -23,21 +23,24 @@ For generated ``x`` and reference ``x*`` [F, n, 3]:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Sequence
 
 import numpy as np
 import torch
 
 from .metrics import clash_mask
+from .settings import Settings
 
 __all__ = ["LossWeights", "reconstruction_loss", "kl_divergence", "bond_loss", "angle_loss",
            "steric_loss", "heavy_reconstruction_loss", "angle_triplets", "steric_pairs", "GeometryTerms"]
 
 
 @dataclass
-class LossWeights:
+class LossWeights(Settings):
     """Weights of the loss terms; ``beta`` multiplies the KL term."""
+
+    what: ClassVar[str] = "loss"
 
     recon: float = 1.0
     beta: float = 0.002
@@ -48,16 +51,6 @@ class LossWeights:
     sample_geometry: float = 0.5  # weight of bond/angle/steric terms on prior samples
     sample_heavy_recon: float = 0.0  # weight of the heavy-atom MSD of prior samples
 
-    @classmethod
-    def from_dict(cls, data: Dict) -> "LossWeights":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown loss keys: {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**data)
-
-    def to_dict(self) -> Dict:
-        return asdict(self)
 
 
 def reconstruction_loss(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -67,7 +60,7 @@ def reconstruction_loss(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def heavy_reconstruction_loss(x: torch.Tensor, ref: torch.Tensor, heavy: torch.Tensor) -> torch.Tensor:
     """Mean squared displacement of the atoms where ``heavy`` [n] (bool) is set (Å²)."""
-    return ((x[:, heavy] - ref[:, heavy]) ** 2).sum(-1).mean()
+    return reconstruction_loss(x[:, heavy], ref[:, heavy])
 
 
 def kl_divergence(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,

@@ -33,14 +33,15 @@ L- and D-amino acids are different molecules. ``mirror_equivariant=True`` drops 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .maps import CGMap
+from .settings import Settings
 
 __all__ = ["BackmapConfig", "BackmapVAE", "EquivariantLayer", "RadialBasis"]
 
@@ -48,8 +49,10 @@ _EPS = 1e-9
 
 
 @dataclass
-class BackmapConfig:
+class BackmapConfig(Settings):
     """Hyper-parameters of :class:`BackmapVAE` (lengths in Å)."""
+
+    what: ClassVar[str] = "model config"
 
     features: int = 48
     latent_dim: int = 16
@@ -65,16 +68,6 @@ class BackmapConfig:
     logvar_min: float = -12.0
     logvar_max: float = 4.0
 
-    @classmethod
-    def from_dict(cls, data: Dict) -> "BackmapConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**data)
-
-    def to_dict(self) -> Dict:
-        return asdict(self)
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
