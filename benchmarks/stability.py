@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from ase import units
 from ase.build import bulk
+from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
@@ -46,8 +47,9 @@ def thermalised_langevin(atoms, model: str, temperature_K: float, timestep_fs: f
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
+    atoms.set_constraint(FixCom())  # not Langevin's fixcm=True, which runs small molecules hot
     return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-                    friction=0.01 / units.fs, rng=rng)
+                    friction=0.01 / units.fs, rng=rng, fixcm=False)
 
 
 def ramachandran_regions(phi: np.ndarray, psi: np.ndarray) -> dict:
