@@ -46,7 +46,26 @@ Pairs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # Candidate pairs per chunk: bounds peak memory (~100 bytes per candidate) for very large systems.
 _MAX_CANDIDATES_PER_CHUNK = 4_000_000
 # Padded candidate rows are used while they hold at most this many slots per real candidate.
-_MAX_PADDING = 1.6
+_MAX_PADDING = 2.5
+
+# Shifts are carried as one int64 per pair, three biased 20-bit fields: torch gathers and adds 1-D
+# tensors several times faster than [E, 3] rows. Packing is linear (exact integer arithmetic), so
+# packed values add and subtract field by field while every field stays within its 20 bits.
+_FIELD_BITS = 20
+_FIELD_BIAS = 1 << (_FIELD_BITS - 1)
+_PACK_LIMIT = 1 << (_FIELD_BITS - 3)  # |image|, |wrap| below this keep image + wrap_i - wrap_j in range
+
+
+def _pack(v: torch.Tensor) -> torch.Tensor:
+    """[..., 3] integers -> [...] int64, ``v0 * 2^40 + v1 * 2^20 + v2``."""
+    return (v[..., 0] * (1 << 2 * _FIELD_BITS) + v[..., 1] * (1 << _FIELD_BITS)).add_(v[..., 2])
+
+
+def _unpack(code: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_pack(v + _FIELD_BIAS)`` into ``out`` [E, 3]."""
+    bits = torch.tensor([2 * _FIELD_BITS, _FIELD_BITS, 0], device=code.device)
+    torch.bitwise_right_shift(code[:, None], bits, out=out)
+    return out.bitwise_and_((1 << _FIELD_BITS) - 1).sub_(_FIELD_BIAS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,20 +227,26 @@ def batched_neighbor_list(
     inv_frames = torch.as_tensor(np.linalg.inv(frames), dtype=f64, device=device)
 
     # Fractional coordinates in the binning frame; wrap periodic ones into [0, 1).
-    frac = torch.einsum("nk,nkl->nl", pos, inv_frames[batch])
+    def per_atom(x, matrices):  # x[n] @ matrices[batch[n]]; one matmul for a single structure
+        return x @ matrices[0] if n_graphs == 1 else torch.einsum("nk,nkl->nl", x, matrices[batch])
+
+    frac = per_atom(pos, inv_frames)
     atom_pbc = pbc_t[batch]
     wrap = torch.where(atom_pbc, torch.floor(frac), torch.zeros_like(frac))
     frac = frac - wrap
     wrap = wrap.long()
-    pos_wrapped = pos - torch.einsum("nk,nkl->nl", wrap.to(f64), cell_t[batch])
+    pos_wrapped = pos - per_atom(wrap.to(f64), cell_t)
 
     # Per-structure extent of fractional coordinates along non-periodic directions (one sync).
-    big = torch.finfo(f64).max
-    lo = torch.full((n_graphs, 3), big, dtype=f64, device=device).scatter_reduce(
-        0, batch[:, None].expand(-1, 3), frac, "amin", include_self=True)
-    hi = torch.full((n_graphs, 3), -big, dtype=f64, device=device).scatter_reduce(
-        0, batch[:, None].expand(-1, 3), frac, "amax", include_self=True)
-    lo_np, hi_np = lo.cpu().numpy(), hi.cpu().numpy()
+    if pbc_np.all():
+        lo_np, hi_np = np.zeros((n_graphs, 3)), np.ones((n_graphs, 3))  # unused when all periodic
+    else:
+        big = torch.finfo(f64).max
+        lo = torch.full((n_graphs, 3), big, dtype=f64, device=device).scatter_reduce(
+            0, batch[:, None].expand(-1, 3), frac, "amin", include_self=True)
+        hi = torch.full((n_graphs, 3), -big, dtype=f64, device=device).scatter_reduce(
+            0, batch[:, None].expand(-1, 3), frac, "amax", include_self=True)
+        lo_np, hi_np = lo.cpu().numpy(), hi.cpu().numpy()
     counts_per_graph = torch.bincount(batch, minlength=n_graphs).cpu().numpy()
 
     # Bin grid per structure (host side: a handful of numbers per structure).
@@ -315,112 +340,167 @@ def batched_neighbor_list(
     # Everything below in sorted order ("s" = position in the sorted array).
     s_pos = pos_wrapped[order]
     s_bin = atom_bin[order]
-    s_in_bin = in_bin[order]
-    s_graph = batch[order]
+    s_cols = s_pos.T.contiguous()  # torch gathers 1-D tensors much faster than [C, 3] rows
+    shift_cols = tab_shift.reshape(-1, 3).T.contiguous()  # lattice image of each table row, Å
+    # float32 copies for the candidate screen, relative to the centre of the coordinates so that
+    # rounding depends on the system's size, not on where it sits; ``margin`` bounds that rounding.
+    # Pairs the screen finds clearly inside the cutoff are kept; the thin band around it is checked
+    # exactly in float64.
+    origin32 = s_cols.mean(dim=1, keepdim=True)
+    s_cols32 = (s_cols - origin32).to(torch.float32)
+    max_width = int(bin_count.max())  # no run of candidates is longer than the fullest bin
+    padded32 = torch.cat([s_cols32, s_cols32.new_zeros(3, max_width)], dim=1)
+    shift_cols32 = shift_cols.to(torch.float32)
+    extent = float(s_cols32.abs().max()) + float(shift_cols.abs().max()) + cutoff
+    margin = 1e-5 + 1e-6 * extent
+    screen_sq, sure_sq, cutoff_sq = (cutoff + margin) ** 2, max(cutoff - margin, 0.0) ** 2, cutoff**2
     # In orthogonal frames the distance from an atom to a neighbouring bin is known exactly, so
     # (atom, bin) combinations that cannot hold a neighbour are skipped (about a third of them).
     prune = bool(orthogonal.any())
     if prune:
-        thick_t = torch.as_tensor(np.where(orthogonal[:, None], thickness, 0.0), dtype=f64,
-                                  device=device)
-        off_cols = offsets_t.T.to(f64)  # [3, M]
-    s_cols = s_pos.T.contiguous()
-    # float32 copy for the candidate screen, relative to the centre of the coordinates so that
-    # rounding depends on the system's size, not on where it sits; the margin bounds that rounding
-    origin32 = s_cols.mean(dim=1, keepdim=True) if n_atoms else s_cols.new_zeros(3, 1)
-    s_cols32 = (s_cols - origin32).to(torch.float32)
-    extent = float(s_cols32.abs().max()) + float(tab_shift.abs().max()) + cutoff
-    screen_sq = (cutoff + 1e-5 + 1e-6 * extent) ** 2
-    image_rows = image.reshape(-1, 3)
-    shift_rows = tab_shift.reshape(-1, 3)
-    cutoff_sq = cutoff * cutoff
+        s_in_bin = in_bin[order].to(torch.float32)
+        s_thick = torch.as_tensor(np.where(orthogonal[:, None], thickness, 0.0), dtype=torch.float32,
+                                  device=device)[batch[order]]
+    # Shifts travel as one packed int64 per pair (see _pack): image of the bin + wrap of i - wrap of j.
+    periodic = bool(pbc_np.any())
+    if periodic:
+        image_flat = image.reshape(-1, 3)
+        packed_wrap = int(wrap.abs().max()) < _PACK_LIMIT and int(image_flat.abs().max()) < _PACK_LIMIT
+        image_code = _pack(image_flat + _FIELD_BIAS)
+        s_wrap_code = _pack(wrap[order]) if packed_wrap else torch.zeros_like(order)
 
-    i_out, j_out, shift_out = [], [], []
+    i_parts, j_parts, code_parts = [], [], []
     chunk = max(1, _MAX_CANDIDATES_PER_CHUNK // max(1, n_off * 4))
     for start in range(0, n_atoms, chunk):
-        sl = slice(start, min(n_atoms, start + chunk))
-        t = s_bin[sl]
+        stop = min(n_atoms, start + chunk)
+        t = s_bin[start:stop]
         first = tab_first.index_select(0, t)  # [n, M]
         count = tab_count.index_select(0, t)
         # own bin: only the atoms after this one (j > i); the other half is the mirror image
-        after = torch.arange(sl.start, sl.stop, device=device) + 1
+        after = torch.arange(start + 1, stop + 1, device=device)
         first[:, own] = after
         count[:, own] = bin_start[t] + bin_count[t] - after
         if prune:
-            u = s_in_bin[sl]
-            thick = thick_t.index_select(0, s_graph[sl])
-            gap_sq = None
-            for d in range(3):
-                o, ud = off_cols[d], u[:, d, None]
-                gap = torch.where(o > 0, o - ud, torch.where(o < 0, ud - o - 1, torch.zeros_like(ud)))
-                gap = gap.clamp_(min=0) * thick[:, d, None]
-                gap_sq = gap * gap if gap_sq is None else gap_sq.addcmul_(gap, gap)
-            count.masked_fill_(gap_sq >= cutoff_sq, 0)
+            gap_sq = _bin_gap_sq(s_in_bin[start:stop], s_thick[start:stop], offsets_t)
+            count.masked_fill_(gap_sq >= screen_sq, 0)
 
         # One row per (atom, neighbouring bin) that can hold candidates.
         rows = count.nonzero()
         if rows.shape[0] == 0:
             continue
-        atom = rows[:, 0]
-        flat = atom * n_off + rows[:, 1]
+        off = rows[:, 1]
+        flat = rows[:, 0] * n_off + off
+        atom = rows[:, 0] + start  # sorted index of atom i
         cnt = count.view(-1).index_select(0, flat)
         starts = first.view(-1).index_select(0, flat)
-        table_row = t.index_select(0, atom) * n_off + rows[:, 1]  # row of the (bin, offset) tables
-        # atom i minus the lattice image of the bin: r_ij = pos[j] - base; one column per coordinate
-        # because torch gathers and reduces 1-D tensors much faster than [C, 3] rows
-        base = s_pos[sl].index_select(0, atom) - shift_rows.index_select(0, table_row)
-        base_cols = base.T.contiguous()
-        width = int(cnt.max())
-        n_cand = int(cnt.sum())
+        table_row = s_bin.index_select(0, atom) * n_off + off  # row of the (bin, offset) tables
+        width, n_cand = int(cnt.max()), int(cnt.sum())
         if rows.shape[0] * width <= _MAX_PADDING * n_cand:
-            # Rows padded to the fullest bin: atom i's coordinates broadcast along the row instead
-            # of being gathered per candidate, and each row is a contiguous run of the sorted
-            # positions (a window view, no copy: column k of ``windows`` is s_cols[d][k : k + width]).
-            # The screen runs in float32 (half the memory traffic) with a margin that covers its
-            # rounding; the few pairs it passes are then checked exactly in float64.
-            padded = torch.cat([s_cols32, s_cols32.new_zeros(3, width)], dim=1)
-            base32 = (base_cols - origin32).to(torch.float32)
-            dist_sq = None
-            for d in range(3):
-                # [width, rows], slot-major: the subtraction broadcasts along contiguous memory
-                windows = padded[d].as_strided((width, n_atoms), (1, 1))
-                diff = windows.index_select(1, starts).sub_(base32[d])
-                dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
-            slot = torch.arange(width, device=device)
-            close = ((dist_sq < screen_sq) & (slot[:, None] < cnt)).nonzero()
-            row = close[:, 1]
-            sj = starts.index_select(0, row) + close[:, 0]
-            exact = None
-            for d in range(3):
-                diff = s_cols[d].index_select(0, sj) - base_cols[d].index_select(0, row)
-                exact = diff * diff if exact is None else exact.addcmul_(diff, diff)
-            keep = (exact < cutoff_sq).nonzero().flatten()
-            row, sj = row.index_select(0, keep), sj.index_select(0, keep)
+            row, sj = _screen_windows(padded32[:, :n_atoms + width], s_cols, shift_cols32, shift_cols, atom, table_row,
+                                      starts, cnt, width, screen_sq, sure_sq, cutoff_sq)
         else:
-            # Very uneven bins: one flat run of candidates (no padding).
-            rep = torch.repeat_interleave(torch.arange(cnt.numel(), device=device), cnt,
-                                          output_size=n_cand)
-            # j = first + local index = arange + (first - exclusive cumsum of counts): one gather
-            jump = starts - (torch.cumsum(cnt, 0) - cnt)
-            sj = torch.arange(n_cand, device=device) + jump.index_select(0, rep)
-            dist_sq = None
-            for d in range(3):
-                diff = s_cols[d].index_select(0, sj) - base_cols[d].index_select(0, rep)
-                dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
-            close = (dist_sq < cutoff_sq).nonzero().flatten()
-            sj = sj.index_select(0, close)
-            row = rep.index_select(0, close)
-        i_out.append(atom.index_select(0, row) + start)
-        j_out.append(sj)
-        shift_out.append(image_rows.index_select(0, table_row.index_select(0, row)))
+            row, sj = _screen_flat(s_cols, shift_cols, atom, table_row, starts, cnt, n_cand,
+                                   cutoff_sq)
+        i_parts.append(order.index_select(0, atom).index_select(0, row))
+        j_parts.append(order.index_select(0, sj))
+        if periodic:
+            code_row = image_code.index_select(0, table_row) + s_wrap_code.index_select(0, atom)
+            code_parts.append(code_row.index_select(0, row) - s_wrap_code.index_select(0, sj))
 
-    if not i_out:
-        return empty, empty, torch.zeros(0, 3, dtype=torch.long, device=device)
-    i = order.index_select(0, torch.cat(i_out))
-    j = order.index_select(0, torch.cat(j_out))
-    shifts = torch.cat(shift_out) + wrap.index_select(0, i) - wrap.index_select(0, j)
-    # Mirror the half list into the full one.
-    return torch.cat([i, j]), torch.cat([j, i]), torch.cat([shifts, -shifts])
+    # Mirror the half list into the full one, written straight into the outputs.
+    n_half = sum(p.numel() for p in i_parts)
+    i_full = torch.empty(2 * n_half, dtype=torch.long, device=device)
+    j_full = torch.empty_like(i_full)
+    if n_half:
+        torch.cat(i_parts, out=i_full[:n_half])
+        torch.cat(j_parts, out=i_full[n_half:])
+        j_full[:n_half].copy_(i_full[n_half:])
+        j_full[n_half:].copy_(i_full[:n_half])
+    if not periodic:
+        return i_full, j_full, torch.zeros(2 * n_half, 3, dtype=torch.long, device=device)
+    shifts = torch.empty(2 * n_half, 3, dtype=torch.long, device=device)
+    if n_half:
+        _unpack(torch.cat(code_parts), out=shifts[:n_half])
+        if not packed_wrap:
+            shifts[:n_half] += wrap.index_select(0, i_full[:n_half]) - wrap.index_select(
+                0, j_full[:n_half])
+        torch.neg(shifts[:n_half], out=shifts[n_half:])
+    return i_full, j_full, shifts
+
+
+def _bin_gap_sq(in_bin: torch.Tensor, thickness: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Squared distance from each atom to each neighbouring bin, [n, M], in an orthogonal frame.
+
+    ``in_bin`` [n, 3] is the atom's position inside its bin in bin widths, ``thickness`` [n, 3] the bin
+    widths (Å; zero disables pruning), ``offsets`` [M, 3] the bin offsets. Along one direction the gap
+    to the bin ``o`` bins away is ``o - u`` (o > 0), ``u - o - 1`` (o < 0) or 0 bin widths; the three
+    directions add in quadrature. Tabulated per (direction, offset value) first, then summed per offset.
+    """
+    reach = int(offsets.abs().max())
+    o = torch.arange(-reach, reach + 1, device=in_bin.device, dtype=in_bin.dtype)
+    u = in_bin[:, :, None]
+    gap = torch.where(o > 0, o - u, torch.where(o < 0, u - o - 1, torch.zeros_like(u)))
+    gap = (gap.clamp_(min=0) * thickness[:, :, None]).square_().flatten(1)  # [n, 3 * (2 reach + 1)]
+    column = offsets + reach + (2 * reach + 1) * torch.arange(3, device=offsets.device)
+    return (gap.index_select(1, column[:, 0]) + gap.index_select(1, column[:, 1])).add_(
+        gap.index_select(1, column[:, 2]))
+
+
+def _screen_windows(s_cols32, s_cols, shift_cols32, shift_cols, atom, table_row, starts, cnt,
+                    width: int, screen_sq: float, sure_sq: float, cutoff_sq: float):
+    """Pairs within the cutoff among padded candidate rows: ``(row, j)`` in sorted indices.
+
+    Each row (an atom i and a neighbouring bin) is a run of ``cnt`` consecutive sorted atoms from
+    ``starts``; rows are padded to ``width`` so that the run is a window view of the positions (no
+    copy; gathering a row copies ``width`` contiguous numbers) and atom i's coordinates broadcast along
+    it. ``s_cols32`` carries ``width`` padding columns at the end. Screened in float32 (half the memory traffic); only pairs within
+    ``margin`` of the cutoff are checked again in float64.
+    """
+    n_atoms = s_cols32.shape[1] - width
+    dist_sq = None
+    for d in range(3):
+        # atom i minus the lattice image of the bin, so that r_ij = pos[j] - base
+        base = s_cols32[d].index_select(0, atom) - shift_cols32[d].index_select(0, table_row)
+        windows = s_cols32[d].as_strided((n_atoms, width), (1, 1))  # row k = s_cols32[d][k : k + width]
+        diff = windows.index_select(0, starts).sub_(base[:, None])
+        dist_sq = diff.square_() if dist_sq is None else dist_sq.addcmul_(diff, diff)
+    slot = torch.arange(width, device=starts.device)
+    close = ((dist_sq < screen_sq) & (slot < cnt[:, None])).nonzero()  # [C, 2] (row, slot)
+    row, slot = close[:, 0], close[:, 1]
+    band = (dist_sq[row, slot] >= sure_sq).nonzero().squeeze(1)
+    sj = starts.index_select(0, row).add_(slot)
+    if band.numel():
+        rb = row.index_select(0, band)
+        exact = _exact_dist_sq(s_cols, shift_cols, atom.index_select(0, rb),
+                               table_row.index_select(0, rb), sj.index_select(0, band))
+        outside = band[exact >= cutoff_sq]
+        if outside.numel():
+            keep = torch.ones_like(row, dtype=torch.bool).index_fill_(0, outside, False)
+            row, sj = torch.masked_select(row, keep), torch.masked_select(sj, keep)
+    return row, sj
+
+
+def _exact_dist_sq(s_cols, shift_cols, i, table_row, j) -> torch.Tensor:
+    """float64 squared distances of pairs (sorted indices i, j; image from ``table_row``)."""
+    dist_sq = None
+    for d in range(3):
+        base = s_cols[d].index_select(0, i) - shift_cols[d].index_select(0, table_row)
+        diff = s_cols[d].index_select(0, j) - base
+        dist_sq = diff * diff if dist_sq is None else dist_sq.addcmul_(diff, diff)
+    return dist_sq
+
+
+def _screen_flat(s_cols, shift_cols, atom, table_row, starts, cnt, n_cand: int, cutoff_sq: float):
+    """Like :func:`_screen_windows` for very uneven bins: one flat run of candidates, no padding."""
+    rep = torch.repeat_interleave(torch.arange(cnt.numel(), device=cnt.device), cnt,
+                                  output_size=n_cand)
+    # j = first + local index = arange + (first - exclusive cumsum of counts): one gather
+    jump = starts - (torch.cumsum(cnt, 0) - cnt)
+    sj = torch.arange(n_cand, device=cnt.device) + jump.index_select(0, rep)
+    dist_sq = _exact_dist_sq(s_cols, shift_cols, atom.index_select(0, rep),
+                             table_row.index_select(0, rep), sj)
+    close = (dist_sq < cutoff_sq).nonzero().flatten()
+    return rep.index_select(0, close), sj.index_select(0, close)
 
 
 def neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:

@@ -106,6 +106,63 @@ def test_large_periodic_system_and_float32():
     assert i.dtype == torch.int64 and S.dtype == torch.int64 and S.shape == (len(i), 3)
 
 
+@pytest.mark.parametrize("max_padding", [0.0, 1e9])  # always the flat run / always padded rows
+def test_both_candidate_layouts_match_ase(monkeypatch, max_padding):
+    import ase_eqgnn.neighbors as neighbors
+
+    monkeypatch.setattr(neighbors, "_MAX_PADDING", max_padding)
+    rng = np.random.default_rng(4)
+    for pbc in [(True, True, True), (True, False, True), (False, False, False)]:
+        cell = np.diag([7.0, 8.0, 6.5]) + np.triu(rng.normal(size=(3, 3)), 1)
+        atoms = Atoms(numbers=np.ones(60, int), positions=rng.uniform(-0.3, 1.3, (60, 3)) @ cell,
+                      cell=cell, pbc=pbc)
+        assert_same_as_ase(atoms, 3.1)
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    crystal.rattle(0.1, seed=1)
+    assert_same_as_ase(crystal, 5.0)
+
+
+def test_many_chunks_give_the_same_list(monkeypatch):
+    import ase_eqgnn.neighbors as neighbors
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((4, 4, 3))
+    atoms.rattle(0.1, seed=5)
+    expected = as_set(*ours(atoms, 4.5))
+    monkeypatch.setattr(neighbors, "_MAX_CANDIDATES_PER_CHUNK", 500)  # a few atoms per chunk
+    assert as_set(*ours(atoms, 4.5)) == expected
+
+
+@pytest.mark.parametrize("pbc", [True, False])
+def test_pairs_within_float32_round_off_of_the_cutoff(pbc):
+    # A perfect lattice has many pairs at exactly the third-neighbour distance d; cutoffs of
+    # d * (1 +- 1e-9) must take all or none of them. The float32 screen cannot tell them apart, the
+    # float64 check must. Far from the origin (non-periodic case), float32 coordinates are coarser.
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    atoms.pbc = pbc
+    if not pbc:
+        atoms.positions += 1000.0
+    d = 3.6 * np.sqrt(1.5)
+    n_inside = len(ours(atoms, d * (1 - 1e-9))[0])
+    n_outside = len(ours(atoms, d * (1 + 1e-9))[0])
+    assert n_outside - n_inside > 1000 if pbc else n_outside - n_inside > 300
+    assert_same_as_ase(atoms, d * (1 - 1e-9))
+    assert_same_as_ase(atoms, d * (1 + 1e-9))
+
+
+def test_atoms_far_outside_the_cell():
+    # fractional coordinates of up to 7e5: wraps too large for the packed shifts, added as rows instead
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.1, seed=2)
+    atoms.positions[:3] += np.array([7e5, -6e5, 5e5])[:, None] * atoms.cell[0]
+    i, j, S = ours(atoms, 4.0)
+    reference = atoms.copy()
+    reference.wrap()
+    vec = atoms.positions[j] - atoms.positions[i] + S.numpy() @ atoms.cell[:]
+    ref_i, ref_j, ref_d = ase_neighbor_list("ijd", reference, 4.0)
+    assert sorted(zip(i.tolist(), j.tolist(), np.round(np.linalg.norm(vec, axis=1), 6))) == sorted(
+        zip(ref_i.tolist(), ref_j.tolist(), np.round(ref_d, 6)))
+
+
 def test_output_is_a_full_list():
     atoms = bulk("Cu", "fcc", a=3.6).repeat(3)
     atoms.rattle(0.1, seed=0)
