@@ -365,9 +365,10 @@ def batched_neighbor_list(
     periodic = bool(pbc_np.any())
     if periodic:
         image_flat = image.reshape(-1, 3)
-        packed_wrap = int(wrap.abs().max()) < _PACK_LIMIT and int(image_flat.abs().max()) < _PACK_LIMIT
+        largest_wrap = int(wrap.abs().max())
+        packed_wrap = largest_wrap < _PACK_LIMIT and int(image_flat.abs().max()) < _PACK_LIMIT
         image_code = _pack(image_flat + _FIELD_BIAS)
-        s_wrap_code = _pack(wrap[order]) if packed_wrap else torch.zeros_like(order)
+        s_wrap_code = _pack(wrap[order]) if packed_wrap and largest_wrap else None
 
     i_parts, j_parts, code_parts = [], [], []
     chunk = max(1, _MAX_CANDIDATES_PER_CHUNK // max(1, n_off * 4))
@@ -403,7 +404,9 @@ def batched_neighbor_list(
                                    cutoff_sq)
         i_parts.append(order.index_select(0, atom).index_select(0, row))
         j_parts.append(order.index_select(0, sj))
-        if periodic:
+        if periodic and s_wrap_code is None:
+            code_parts.append(image_code.index_select(0, table_row).index_select(0, row))
+        elif periodic:
             code_row = image_code.index_select(0, table_row) + s_wrap_code.index_select(0, atom)
             code_parts.append(code_row.index_select(0, row) - s_wrap_code.index_select(0, sj))
 
@@ -420,7 +423,10 @@ def batched_neighbor_list(
         return i_full, j_full, torch.zeros(2 * n_half, 3, dtype=torch.long, device=device)
     shifts = torch.empty(2 * n_half, 3, dtype=torch.long, device=device)
     if n_half:
-        _unpack(torch.cat(code_parts), out=shifts[:n_half])
+        offset = 0
+        for code in code_parts:
+            _unpack(code, out=shifts[offset:offset + code.numel()])
+            offset += code.numel()
         if not packed_wrap:
             shifts[:n_half] += wrap.index_select(0, i_full[:n_half]) - wrap.index_select(
                 0, j_full[:n_half])
@@ -475,9 +481,27 @@ def _screen_windows(s_cols32, s_cols, shift_cols32, shift_cols, atom, table_row,
                                table_row.index_select(0, rb), sj.index_select(0, band))
         outside = band[exact >= cutoff_sq]
         if outside.numel():
-            keep = torch.ones_like(row, dtype=torch.bool).index_fill_(0, outside, False)
-            row, sj = torch.masked_select(row, keep), torch.masked_select(sj, keep)
+            row, sj = _drop(outside, row, sj)
     return row, sj
+
+
+def _drop(drop: torch.Tensor, *columns: torch.Tensor):
+    """``columns`` without the entries at the (few, sorted, distinct) positions ``drop``.
+
+    Order is not kept: the last entries move into the holes, so the cost is O(len(drop)), not a
+    pass over the columns.
+    """
+    n, k = columns[0].numel(), drop.numel()
+    tail = torch.arange(n - k, n, device=drop.device)
+    movers = tail[~torch.isin(tail, drop)]  # tail entries that stay
+    holes = drop[drop < n - k]
+    out = []
+    for c in columns:
+        moved = c[movers]
+        c = c[: n - k]  # a view: the columns are scratch arrays of the caller
+        c[holes] = moved
+        out.append(c)
+    return out
 
 
 def _exact_dist_sq(s_cols, shift_cols, i, table_row, j) -> torch.Tensor:

@@ -149,6 +149,18 @@ def test_pairs_within_float32_round_off_of_the_cutoff(pbc):
     assert_same_as_ase(atoms, d * (1 + 1e-9))
 
 
+@pytest.mark.parametrize("n_drop", [1, 7, 30, 50])
+def test_dropping_pairs_keeps_every_other_pair(n_drop):
+    from ase_eqgnn.neighbors import _drop
+
+    rng = np.random.default_rng(n_drop)
+    a, b = torch.randperm(50), torch.arange(50) * 10
+    drop = torch.tensor(np.sort(rng.choice(50, n_drop, replace=False)))
+    a2, b2 = _drop(drop, a.clone(), b.clone())
+    keep = np.setdiff1d(np.arange(50), drop.numpy())
+    assert sorted(zip(a2.tolist(), b2.tolist())) == sorted(zip(a[keep].tolist(), b[keep].tolist()))
+
+
 def test_atoms_far_outside_the_cell():
     # fractional coordinates of up to 7e5: wraps too large for the packed shifts, added as rows instead
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
