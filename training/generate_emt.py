@@ -66,7 +66,7 @@ def run_md(atoms, temperature_K: float, frames: int, stride: int, equil_steps: i
     rng = np.random.default_rng(seed)
     atoms = atoms.copy()
     atoms.calc = EMT()
-    # thermalize_momenta is the ASE >= 3.28 name of MaxwellBoltzmannDistribution
+    # thermalize_momenta is the ASE >= 3.29 name of MaxwellBoltzmannDistribution
     thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
     thermalize(atoms, temperature_K=temperature_K, rng=rng)
     vd.Stationary(atoms)
