@@ -19,8 +19,10 @@ than the cutoff: then the same bin is visited through several lattice images). O
 offsets are visited (lexicographically positive ones plus the own bin with ``j > i``); the other half
 is the mirror image. Candidates are screened in rows, one per (atom, neighbouring bin), padded to the
 fullest bin: the sorted positions of a bin are contiguous, so a row is a window of them and atom i's
-coordinates broadcast along it (very uneven bins fall back to one flat run of candidates). Work and
-memory are O(N) for a fixed density.
+coordinates broadcast along it (very uneven bins fall back to one flat run of candidates). The screen
+runs in float32 and keeps the pairs clearly inside the cutoff; only the thin band within float32
+round-off of the cutoff is checked again in float64, so the list is exact. Shifts travel as one packed
+int64 per pair until the output is written. Work and memory are O(N) for a fixed density.
 
 Example
 -------
@@ -397,8 +399,9 @@ def batched_neighbor_list(
         table_row = s_bin.index_select(0, atom) * n_off + off  # row of the (bin, offset) tables
         width, n_cand = int(cnt.max()), int(cnt.sum())
         if rows.shape[0] * width <= _MAX_PADDING * n_cand:
-            row, sj = _screen_windows(padded32[:, :n_atoms + width], s_cols, shift_cols32, shift_cols, atom, table_row,
-                                      starts, cnt, width, screen_sq, sure_sq, cutoff_sq)
+            row, sj = _screen_windows(padded32[:, :n_atoms + width], s_cols, shift_cols32,
+                                      shift_cols, atom, table_row, starts, cnt, width, screen_sq,
+                                      sure_sq, cutoff_sq)
         else:
             row, sj = _screen_flat(s_cols, shift_cols, atom, table_row, starts, cnt, n_cand,
                                    cutoff_sq)
@@ -459,8 +462,8 @@ def _screen_windows(s_cols32, s_cols, shift_cols32, shift_cols, atom, table_row,
     Each row (an atom i and a neighbouring bin) is a run of ``cnt`` consecutive sorted atoms from
     ``starts``; rows are padded to ``width`` so that the run is a window view of the positions (no
     copy; gathering a row copies ``width`` contiguous numbers) and atom i's coordinates broadcast along
-    it. ``s_cols32`` carries ``width`` padding columns at the end. Screened in float32 (half the memory traffic); only pairs within
-    ``margin`` of the cutoff are checked again in float64.
+    it. ``s_cols32`` carries ``width`` padding columns at the end. Screened in float32 (half the
+    memory traffic); only pairs within ``margin`` of the cutoff are checked again in float64.
     """
     n_atoms = s_cols32.shape[1] - width
     dist_sq = None
