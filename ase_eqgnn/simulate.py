@@ -68,6 +68,28 @@ def _isolated_atoms(atoms: Atoms, radius: float) -> np.ndarray:
     return np.nonzero(~has)[0]
 
 
+def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Maxwell-Boltzmann velocities at ``temperature_K`` without net momentum (nor net rotation for
+    an isolated structure)."""
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    if not atoms.pbc.any():
+        ZeroRotation(atoms)
+
+
+def langevin_nvt(atoms: Atoms, timestep_fs: float, temperature_K: float, friction_per_fs: float,
+                 rng: np.random.Generator) -> Langevin:
+    """Langevin NVT whose centre of mass is held by a ``FixCom`` constraint (added to ``atoms``).
+
+    Not Langevin's ``fixcm=True``: that runs small molecules hot (ala2, 22 atoms: 350 K instead of
+    300 K over 2 ps), as ASE warns.
+    """
+    if not any(isinstance(c, FixCom) for c in atoms.constraints):
+        atoms.set_constraint(list(atoms.constraints) + [FixCom()])
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                    friction=friction_per_fs / units.fs, rng=rng, fixcm=False)
+
+
 def run_md(atoms: Atoms, calculator, ensemble: str = "nvt", temperature_K: float = 300.0,
            timestep_fs: float = 0.5, steps: int = 1000, friction_per_fs: float = 0.01,
            pressure_bar: float = 1.0, traj: Optional[str] = "md.traj", log: Optional[str] = "md.csv",
@@ -88,20 +110,12 @@ def run_md(atoms: Atoms, calculator, ensemble: str = "nvt", temperature_K: float
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
     if not np.any(atoms.get_momenta()):
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-        Stationary(atoms)
-        if not atoms.pbc.any():
-            ZeroRotation(atoms)
+        thermalize(atoms, temperature_K, rng)
     dt = timestep_fs * units.fs
     if ensemble == "nve":
         dyn = VelocityVerlet(atoms, dt)
     elif ensemble == "nvt":
-        # The centre of mass is held by a FixCom constraint, not Langevin's fixcm=True: the latter
-        # runs small molecules hot (ala2, 22 atoms: 350 K instead of 300 K over 2 ps), as ASE warns.
-        if not any(isinstance(c, FixCom) for c in atoms.constraints):
-            atoms.set_constraint(list(atoms.constraints) + [FixCom()])
-        dyn = Langevin(atoms, dt, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
-                       rng=rng, fixcm=False)
+        dyn = langevin_nvt(atoms, timestep_fs, temperature_K, friction_per_fs, rng)
     else:
         dyn = IsotropicMTKNPT(atoms, dt, temperature_K=temperature_K,
                               pressure_au=pressure_bar * units.bar, tdamp=100 * dt, pdamp=1000 * dt)

@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from ase import units
 from ase.build import bulk
-from ase.constraints import FixCom
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from ase_eqgnn import EqGNNCalculator, neighbor_list
+from ase_eqgnn.simulate import langevin_nvt, thermalize
 from ase_eqgnn.structures import load_structure, structure_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,15 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def thermalised_langevin(atoms, model: str, temperature_K: float, timestep_fs: float,
                           seed: int) -> Langevin:
-    """Bundled potential ``model`` (float32) on ``atoms``, Maxwell-Boltzmann velocities without net
-    momentum, and a Langevin integrator (friction 0.01/fs) sharing the seeded generator."""
+    """Bundled potential ``model`` (float32) on ``atoms``, thermal velocities and ``run_md``'s
+    Langevin NVT (friction 0.01/fs) sharing the seeded generator."""
     atoms.calc = EqGNNCalculator.from_pretrained(model, dtype="float32")
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    atoms.set_constraint(FixCom())  # not Langevin's fixcm=True, which runs small molecules hot
-    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-                    friction=0.01 / units.fs, rng=rng, fixcm=False)
+    thermalize(atoms, temperature_K, rng)
+    return langevin_nvt(atoms, timestep_fs, temperature_K, 0.01, rng)
 
 
 def ramachandran_regions(phi: np.ndarray, psi: np.ndarray) -> dict:
