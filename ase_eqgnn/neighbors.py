@@ -399,19 +399,19 @@ def batched_neighbor_list(
         table_row = s_bin.index_select(0, atom) * n_off + off  # row of the (bin, offset) tables
         width, n_cand = int(cnt.max()), int(cnt.sum())
         if rows.shape[0] * width <= _MAX_PADDING * n_cand:
-            row, sj = _screen_windows(padded32[:, :n_atoms + width], s_cols, shift_cols32,
-                                      shift_cols, atom, table_row, starts, cnt, width, screen_sq,
-                                      sure_sq, cutoff_sq)
+            row, sj = _screen_windows(padded32, s_cols, shift_cols32, shift_cols, atom, table_row,
+                                      starts, cnt, width, screen_sq, sure_sq, cutoff_sq)
         else:
             row, sj = _screen_flat(s_cols, shift_cols, atom, table_row, starts, cnt, n_cand,
                                    cutoff_sq)
         i_parts.append(order.index_select(0, atom).index_select(0, row))
         j_parts.append(order.index_select(0, sj))
-        if periodic and s_wrap_code is None:
-            code_parts.append(image_code.index_select(0, table_row).index_select(0, row))
-        elif periodic:
-            code_row = image_code.index_select(0, table_row) + s_wrap_code.index_select(0, atom)
-            code_parts.append(code_row.index_select(0, row) - s_wrap_code.index_select(0, sj))
+        if periodic:
+            code_row = image_code.index_select(0, table_row)
+            if s_wrap_code is not None:
+                code_row += s_wrap_code.index_select(0, atom)
+            code = code_row.index_select(0, row)
+            code_parts.append(code if s_wrap_code is None else code - s_wrap_code.index_select(0, sj))
 
     # Mirror the half list into the full one, written straight into the outputs.
     n_half = sum(p.numel() for p in i_parts)
@@ -455,22 +455,23 @@ def _bin_gap_sq(in_bin: torch.Tensor, thickness: torch.Tensor, offsets: torch.Te
         gap.index_select(1, column[:, 2]))
 
 
-def _screen_windows(s_cols32, s_cols, shift_cols32, shift_cols, atom, table_row, starts, cnt,
+def _screen_windows(padded32, s_cols, shift_cols32, shift_cols, atom, table_row, starts, cnt,
                     width: int, screen_sq: float, sure_sq: float, cutoff_sq: float):
     """Pairs within the cutoff among padded candidate rows: ``(row, j)`` in sorted indices.
 
     Each row (an atom i and a neighbouring bin) is a run of ``cnt`` consecutive sorted atoms from
     ``starts``; rows are padded to ``width`` so that the run is a window view of the positions (no
     copy; gathering a row copies ``width`` contiguous numbers) and atom i's coordinates broadcast along
-    it. ``s_cols32`` carries ``width`` padding columns at the end. Screened in float32 (half the
-    memory traffic); only pairs within ``margin`` of the cutoff are checked again in float64.
+    it. ``padded32`` is ``s_cols`` in float32 followed by at least ``width`` padding columns. Screened
+    in float32 (half the memory traffic); only pairs within ``margin`` of the cutoff are checked again
+    in float64.
     """
-    n_atoms = s_cols32.shape[1] - width
+    n_atoms = s_cols.shape[1]
     dist_sq = None
     for d in range(3):
         # atom i minus the lattice image of the bin, so that r_ij = pos[j] - base
-        base = s_cols32[d].index_select(0, atom) - shift_cols32[d].index_select(0, table_row)
-        windows = s_cols32[d].as_strided((n_atoms, width), (1, 1))  # row k = s_cols32[d][k : k + width]
+        base = padded32[d].index_select(0, atom) - shift_cols32[d].index_select(0, table_row)
+        windows = padded32[d].as_strided((n_atoms, width), (1, 1))  # row k = padded32[d][k : k + width]
         diff = windows.index_select(0, starts).sub_(base[:, None])
         dist_sq = diff.square_() if dist_sq is None else dist_sq.addcmul_(diff, diff)
     slot = torch.arange(width, device=starts.device)
