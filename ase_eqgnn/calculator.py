@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -98,6 +99,8 @@ class EqGNNCalculator(Calculator):
         self.min_distance = float(min_distance)
         self.neighbors = VerletList(self.cutoff, skin=skin, backend=neighbor_backend)
         self._species = set(int(z) for z in self.model.species)
+        # True while no two atoms can be closer than min_distance before the list's next rebuild.
+        self._no_overlap_until_rebuild = False
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -123,9 +126,10 @@ class EqGNNCalculator(Calculator):
         if atoms.pbc.any() and not np.isfinite(atoms.cell[:]).all():
             raise ValueError("cell contains NaN or infinite values")
 
-    def _check_overlaps(self, graph: AtomicGraph) -> None:
+    def _check_overlaps(self, graph: AtomicGraph) -> float:
+        """ValueError if two atoms are closer than ``min_distance``; returns the shortest edge (Å)."""
         if graph.num_edges == 0 or self.min_distance <= 0:
-            return
+            return math.inf
         i, j = graph.edge_index
         d = edge_vectors(graph.positions, graph.cell, graph.batch, graph.edge_index,
                          graph.shifts).norm(dim=1)
@@ -134,6 +138,21 @@ class EqGNNCalculator(Calculator):
             raise ValueError(
                 f"atoms {int(i[k])} and {int(j[k])} are {float(d[k]):.3g} Å apart (closer than "
                 f"min_distance={self.min_distance} Å): overlapping atoms; fix the structure")
+        return float(d[k])
+
+    def _check_overlaps_since_rebuild(self, graph: AtomicGraph, rebuilt: bool) -> None:
+        """The overlap check, skipped while the Verlet list proves it cannot fail.
+
+        Between rebuilds no atom moves more than skin/2 from where it was at the rebuild, so no pair
+        comes closer by more than the skin. Pairs outside the list were at least ``cutoff + skin``
+        apart and pairs in it at least the shortest edge within ``cutoff`` (or ``cutoff``). If that
+        bound minus the skin is still >= ``min_distance``, no call checks again until the next rebuild.
+        """
+        if not rebuilt and self._no_overlap_until_rebuild:
+            return
+        shortest = min(self._check_overlaps(graph), self.cutoff)
+        if rebuilt:
+            self._no_overlap_until_rebuild = shortest - self.neighbors.skin >= self.min_distance
 
     # ---------------------------------------------------------------- ASE protocol
     def calculate(self, atoms: Optional[Atoms] = None, properties: Sequence[str] = (keys.ENERGY,),
@@ -147,10 +166,11 @@ class EqGNNCalculator(Calculator):
                 f"(this structure has pbc={atoms.pbc.tolist()})")
         self._check_atoms(atoms)
         graph = AtomicGraph.from_atoms(atoms, dtype=self.dtype, device=self.device)
+        builds = self.neighbors.builds
         i, j, shifts = self.neighbors(graph.positions, graph.cell[0], graph.pbc[0], graph.numbers)
         graph.edge_index = torch.stack([i, j])
         graph.shifts = shifts
-        self._check_overlaps(graph)
+        self._check_overlaps_since_rebuild(graph, rebuilt=self.neighbors.builds != builds)
         out = self.model(graph, forces=True, stress=periodic3d)
         self.results = self._to_results(out, slice(None), 0, periodic3d)
 

@@ -102,6 +102,31 @@ def test_bad_inputs_raise_clear_errors():
         EqGNNCalculator(object())
 
 
+def test_atoms_that_overlap_between_list_rebuilds_are_caught():
+    # The list is not rebuilt (no atom moves more than skin / 2), but the pair ends up overlapping:
+    # the check must not rely on the last rebuild alone.
+    calc = EqGNNCalculator(make_model("painn", species=(1, 8)), dtype="float64", skin=2.0)
+    atoms = Atoms("OH", positions=[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    calc.get_potential_energy(atoms)
+    atoms.positions[1, 0] = 0.05  # moved 0.95 Å < skin / 2 = 1 Å
+    with pytest.raises(ValueError, match="overlapping atoms"):
+        calc.get_potential_energy(atoms)
+    assert calc.neighbors.builds == 1
+    # Far apart at the rebuild: skipping the check is safe until the next rebuild, which happens
+    # before the atoms can overlap.
+    calc = EqGNNCalculator(make_model("painn", species=(1, 8)), dtype="float64", skin=0.5)
+    atoms = Atoms("OH", positions=[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    calc.get_potential_energy(atoms)
+    for x in np.linspace(1.8, 0.05, 8):
+        atoms.positions[1, 0] = x
+        if x < calc.min_distance:
+            with pytest.raises(ValueError, match="overlapping atoms"):
+                calc.get_potential_energy(atoms)
+        else:
+            calc.get_potential_energy(atoms)
+    assert calc.neighbors.builds > 1
+
+
 def test_verlet_reuse_gives_the_same_results_as_fresh_lists():
     model = make_model("painn")
     reuse = EqGNNCalculator(model, dtype="float64", skin=1.0)
