@@ -44,6 +44,7 @@ def interleaved_median_ms(fns: dict, repeats: dict, sync=lambda: None) -> tuple:
         for name, fn in fns.items():
             if k >= repeats[name]:
                 continue
+            time.sleep(0.01)  # let the previous tool's idle OpenMP threads stop spinning
             t0 = time.perf_counter()
             fn()
             sync()
