@@ -389,3 +389,60 @@ def test_fused_tensor_product_equals_e3nn(l_max):
     cg = fused.cg_0.clone()
     fused.float().double()
     assert torch.equal(fused.cg_0, cg) and fused.cg_0.dtype == torch.float64
+
+
+# -------------------------------------------------------------------------------------------------
+# Shared neighbour rows (two atoms per padded row)
+# -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def always_share(monkeypatch):
+    from ase_eqgnn.models import blocks
+
+    monkeypatch.setattr(blocks, "_MIN_SHARED_SAVING", 0.0)
+    monkeypatch.setattr(blocks, "_MIN_SHARED_SLOTS_SAVED", 0)
+
+
+@pytest.mark.parametrize("n_nodes", [7, 8])
+def test_shared_rows_sum_like_a_scatter(always_share, n_nodes):
+    from ase_eqgnn.models.blocks import Neighborhoods, scatter_sum
+
+    gen = torch.Generator().manual_seed(n_nodes)
+    degrees = [0, 1, 9, 3, 12, 2, 5, 11][:n_nodes]  # uneven, with an atom without neighbours
+    i = torch.repeat_interleave(torch.arange(n_nodes), torch.tensor(degrees))
+    j = torch.randint(0, n_nodes, (i.numel(),), generator=gen)
+    perm = torch.randperm(i.numel(), generator=gen)  # any edge order
+    i, j = i[perm], j[perm]
+    nbh = Neighborhoods(torch.stack([i, j]), n_nodes, share_rows=True)
+    assert nbh.shared and nbh.n_rows == (n_nodes + 1) // 2
+    assert nbh.n_rows * nbh.width < n_nodes * max(degrees)
+
+    x = torch.randn(i.numel(), 4, dtype=torch.float64, generator=gen)
+    y = torch.randn(n_nodes, 3, 4, dtype=torch.float64, generator=gen)
+    u = torch.randn(i.numel(), 3, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(nbh.sum(nbh.pad(x)), scatter_sum(x, i, n_nodes))
+    torch.testing.assert_close(nbh.sum(nbh.pad(x)[:, :, None, :] * nbh.gather(y)),
+                               scatter_sum(x[:, None, :] * y[j], i, n_nodes))
+    torch.testing.assert_close(nbh.sum_outer(nbh.outer_operand(nbh.pad(u)), nbh.pad(x)),
+                               scatter_sum(u[:, :, None] * x[:, None, :], i, n_nodes))
+
+
+def test_painn_with_shared_rows_gives_the_same_results(monkeypatch):
+    """Forces and the parameter gradient of a force loss (training) agree with one row per atom."""
+    from ase_eqgnn.models import blocks
+
+    rng = np.random.default_rng(5)
+    atoms = Atoms(rng.choice(SPECIES, 23), positions=rng.uniform(0, 7, (23, 3)))  # uneven degrees
+    model = make_model("painn")
+    results = []
+    for share in (False, True):
+        monkeypatch.setattr(blocks, "_MIN_SHARED_SAVING", 0.0 if share else 2.0)
+        monkeypatch.setattr(blocks, "_MIN_SHARED_SLOTS_SAVED", 0)
+        model.zero_grad()
+        out = model(graph_of(atoms, model), forces=True, create_graph=True)
+        out[keys.FORCES].square().sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((out[keys.ENERGY].detach(), out[keys.FORCES].detach(), grads))
+    model.zero_grad()
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+    assert results[1][1].abs().max() > 1e-3

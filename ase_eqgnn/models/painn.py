@@ -16,13 +16,13 @@ update:    (U v_i, V v_i) = linear maps over channels (no bias, so they commute 
 with n = 1/sqrt(avg_num_neighbors). The output is s [N, F], invariant under rotations, reflections
 and translations.
 
-Speed (work on edges is memory-bound): edges are regrouped per atom in a padded [N, M] layout
-(M = largest neighbour count), so neighbour sums are reductions over M and Σ_j c_ij r̂_ij is one
-batched matmul (no [E, 3, F] outer product, in either pass); the envelope is folded into the basis
-and the filter has no bias (no [E, 3F] envelope product); φ's three outputs come from one linear;
-U and V are one fused linear; the first block skips the (zero) vector gather. No Python loops over
-edges or atoms. Memory is O(N M F): one atom with many more neighbours than the rest of a batch
-widens every row.
+Speed (work on edges is memory-bound): edges are regrouped per atom in a padded [R, M] layout
+(:class:`~.blocks.Neighborhoods`; M = largest neighbour count, and two atoms share a row where
+neighbour counts are uneven, as in molecules, clusters and batches of them), so neighbour sums are
+reductions or batched matmuls and Σ_j c_ij r̂_ij is one batched matmul (no [E, 3, F] outer product,
+in either pass); the envelope is folded into the basis and the filter has no bias (no [E, 3F]
+envelope product); φ's three outputs come from one linear; U and V are one fused linear; the first
+block skips the (zero) vector gather. No Python loops over edges or atoms. Memory is O(R M F).
 
 Example
 -------
@@ -54,7 +54,8 @@ DEFAULTS = {
 class PaiNNMessage(nn.Module):
     """Message block on the padded neighbour layout (:class:`~.blocks.Neighborhoods`).
 
-    s [N,F], v [N,3,F], radial [N,M,R] (envelope applied, zero in empty slots), unit [N,M,3].
+    s [N,F], v [N,3,F], radial [R,M,n_radial] (envelope applied, zero in empty slots), unit: the
+    unit vectors [R,M,3] prepared by ``nbh.outer_operand``.
     """
 
     def __init__(self, features: int, n_radial: int, norm: float, first: bool = False):
@@ -68,17 +69,17 @@ class PaiNNMessage(nn.Module):
         # No bias: W(r) = A (e(r) f(r)) vanishes with the envelope and in empty slots.
         self.filter = nn.Linear(n_radial, n_out, bias=False)
 
-    def forward(self, s, v, radial, unit, nbh: Neighborhoods):
+    def forward(self, s, v, radial, unit_op, nbh: Neighborhoods):
         F = self.features
-        x = nbh.gather(self.phi(s)) * self.filter(radial)  # [N, M, 2F or 3F]
+        x = nbh.gather(self.phi(s)) * self.filter(radial)  # [R, M, 2F or 3F]
         if self.first:
             a, c = x.split(F, dim=-1)
         else:
             a, b, c = x.split(F, dim=-1)
-        ds = a.sum(dim=1)
-        dv = torch.bmm(unit.transpose(1, 2), c)  # Σ_j r̂_ij c_ij: [N, 3, F], no [E, 3, F] tensor
+        ds = nbh.sum(a)
+        dv = nbh.sum_outer(unit_op, c)  # Σ_j r̂_ij c_ij: [N, 3, F], no [E, 3, F] tensor
         if not self.first:
-            dv = dv + (b.unsqueeze(2) * nbh.gather(v)).sum(dim=1)
+            dv = dv + nbh.sum(b.unsqueeze(2) * nbh.gather(v))
         return s + self.norm * ds, v + self.norm * dv
 
 
@@ -122,13 +123,13 @@ class PaiNN(nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vec: torch.Tensor) -> torch.Tensor:
         r = edge_lengths(edge_vec)
-        nbh = Neighborhoods(edge_index, species.shape[0])
-        unit = nbh.pad(edge_vec / r.unsqueeze(-1))  # [N, M, 3]
-        radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))  # [N, M, n_radial]
+        nbh = Neighborhoods(edge_index, species.shape[0], share_rows=True)
+        unit_op = nbh.outer_operand(nbh.pad(edge_vec / r.unsqueeze(-1)))  # from [R, M, 3]
+        radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))  # [R, M, n_radial]
         s = self.embedding(species)
         v = s.new_zeros(s.shape[0], 3, self.features)
         for k in range(self.n_layers):
-            s, v = self.messages[k](s, v, radial, unit, nbh)
+            s, v = self.messages[k](s, v, radial, unit_op, nbh)
             s, v = self.updates[k](s, v)
         return s
 
