@@ -426,13 +426,14 @@ def test_shared_rows_sum_like_a_scatter(always_share, n_nodes):
                                scatter_sum(u[:, :, None] * x[:, None, :], i, n_nodes))
 
 
-def test_painn_with_shared_rows_gives_the_same_results(monkeypatch):
+@pytest.mark.parametrize("variant", ["painn", "tp"])
+def test_shared_rows_give_the_same_results(monkeypatch, variant):
     """Forces and the parameter gradient of a force loss (training) agree with one row per atom."""
     from ase_eqgnn.models import blocks
 
     rng = np.random.default_rng(5)
     atoms = Atoms(rng.choice(SPECIES, 23), positions=rng.uniform(0, 7, (23, 3)))  # uneven degrees
-    model = make_model("painn")
+    model = make_model(variant)
     results = []
     for share in (False, True):
         monkeypatch.setattr(blocks, "_MIN_SHARED_SAVING", 0.0 if share else 2.0)

@@ -127,20 +127,24 @@ class Neighborhoods:
         return self._to_atoms(y.view((self.n_rows, 2) + tuple(x.shape[2:])))
 
     def outer_operand(self, u: torch.Tensor) -> torch.Tensor:
-        """Prepare per-slot vectors u [R, M, D] for :meth:`sum_outer` (once per graph)."""
-        u_t = u.transpose(1, 2)  # [R, D, M]
+        """Prepare per-slot factors u [R, M, D] or [R, M, A, D] for :meth:`sum_outer` (once per graph)."""
+        u4 = u if u.dim() == 4 else u.unsqueeze(2)  # [R, M, A, D]
+        n_a, n_d = u4.shape[2], u4.shape[3]
+        u_t = u4.reshape(self.n_rows, self.width * n_a, n_d).transpose(1, 2)  # [R, D, M*A], a view
         if not self.shared:
             return u_t
-        return (self._mask(u.dtype)[:, :, None, :] * u_t[:, None]).reshape(
-            self.n_rows, 2 * u.shape[2], self.width)
+        mask = self._mask(u.dtype)[:, :, None, :, None]  # [R, 2, 1, M, 1]
+        return (mask * u_t.view(self.n_rows, 1, n_d, self.width, n_a)).reshape(
+            self.n_rows, 2 * n_d, self.width * n_a)
 
     def sum_outer(self, operand: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Σ over each atom's slots of u ⊗ x: operand from :meth:`outer_operand`, x [R, M, F] ->
-        [N, D, F] (one batched matmul)."""
-        y = torch.bmm(operand, x)  # [R, D, F], or [R, 2D, F] when shared
+        """Σ over each atom's slots (and A) of u ⊗ x: ``operand`` from :meth:`outer_operand`,
+        x [R, M, F] or [R, M, A, F] -> [N, D, F] (one batched matmul)."""
+        n_f = x.shape[-1]
+        y = torch.bmm(operand, x.reshape(self.n_rows, -1, n_f))  # [R, D, F], or [R, 2D, F] shared
         if not self.shared:
             return y
-        return self._to_atoms(y.view(self.n_rows, 2, -1, x.shape[2]))
+        return self._to_atoms(y.view(self.n_rows, 2, -1, n_f))
 
 
 # Rows are shared only when that saves at least this fraction of the slots and this many slots: each

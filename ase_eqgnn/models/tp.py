@@ -82,10 +82,11 @@ class NeighborTensorProduct(nn.Module):
 
         a_i[u, k] = Σ_j Σ_a w_ij[u] x_j[u, a] G_ij[a, k],     G_ij[a, k] = Σ_b C[a, b, k] Y_ij[b].
 
-    On the padded [N, M] neighbour layout this is one batched matmul per path over (j, a), so no
+    On the padded [R, M] neighbour layout (:class:`~.blocks.Neighborhoods`, rows shared by two atoms
+    where neighbour counts are uneven) this is one batched matmul per path over (j, a), so no
     per-edge output tensor [E, dim_mid] is ever built (e3nn's kernel plus scatter is several times
-    slower on CPU). Inputs: x [N, irreps_in.dim], ``sh`` [N, M, irreps_sh.dim], ``weights``
-    [N, M, weight_numel] (zero in empty slots). Output [N, irreps_mid.dim] in e3nn layout.
+    slower on CPU). Inputs: x [N, irreps_in.dim], ``sh`` [R, M, irreps_sh.dim], ``weights``
+    [R, M, weight_numel] (zero in empty slots). Output [N, irreps_mid.dim] in e3nn layout.
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, targets: o3.Irreps):
@@ -122,22 +123,22 @@ class NeighborTensorProduct(nn.Module):
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, nbh: Neighborhoods,
                 cache: Dict[Tuple[int, int, int], torch.Tensor]) -> torch.Tensor:
-        n, m = nbh.n_nodes, nbh.width
+        n, r, m = nbh.n_nodes, nbh.n_rows, nbh.width
         gathered: Dict[int, torch.Tensor] = {}
         outs = []
         # One split (its backward is one cat), not a slice per path (a zero-filled gradient each).
         per_path = weights.split([p[3] for p in self.paths], dim=-1)
         for k, (i1, sl_in, sl_sh, mul, l1, l2, l3) in enumerate(self.paths):
             a_dim, k_dim = 2 * l1 + 1, 2 * l3 + 1
-            if i1 not in gathered:  # neighbours' features, [N, M, 2l1+1, mul]
+            if i1 not in gathered:  # neighbours' features, [R, M, 2l1+1, mul]
                 block = x[:, sl_in].reshape(n, mul, a_dim).transpose(1, 2).reshape(n, a_dim * mul)
-                gathered[i1] = nbh.gather(block).view(n, m, a_dim, mul)
+                gathered[i1] = nbh.gather(block).view(r, m, a_dim, mul)
             key = (l1, l2, l3)
-            if key not in cache:  # G_ij = C · Y_ij, shared by all blocks: [N, M, 2l1+1, 2l3+1]
-                cache[key] = torch.einsum("nmb,abk->nmak", sh[:, :, sl_sh], getattr(self, f"cg_{k}"))
-            z = gathered[i1] * per_path[k].unsqueeze(2)  # [N, M, 2l1+1, mul]
-            g = cache[key].reshape(n, m * a_dim, k_dim)
-            out = torch.bmm(g.transpose(1, 2), z.reshape(n, m * a_dim, mul))  # [N, 2l3+1, mul]
+            if key not in cache:  # G_ij = C · Y_ij, shared by all blocks: [R, M, 2l1+1, 2l3+1]
+                cache[key] = nbh.outer_operand(
+                    torch.einsum("nmb,abk->nmak", sh[:, :, sl_sh], getattr(self, f"cg_{k}")))
+            z = gathered[i1] * per_path[k].unsqueeze(2)  # [R, M, 2l1+1, mul]
+            out = nbh.sum_outer(cache[key], z)  # Σ_j,a G_ij,ak z_ij,a: [N, 2l3+1, mul]
             outs.append(out.transpose(1, 2).reshape(n, mul * k_dim))
         return torch.cat(outs, dim=1) if outs else x.new_zeros(n, 0)
 
@@ -175,7 +176,7 @@ class TPLayer(nn.Module):
                                 and self.irreps_out == o3.Irreps([irreps_in[0]]))
 
     def forward(self, x, sh, radial, nbh: Neighborhoods, cache):
-        w = self.radial(radial)  # [N, M, weight_numel]; R(0) = 0: zero in empty slots
+        w = self.radial(radial)  # [R, M, weight_numel]; R(0) = 0: zero in empty slots
         a = self.tp(self.lin_1(x), sh, w, nbh, cache) * self.norm
         out = self.gate(self.lin_2(a) + self.self_interaction(x))
         if self.residual:
@@ -213,9 +214,9 @@ class TensorProductNet(nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vec: torch.Tensor) -> torch.Tensor:
         r = edge_lengths(edge_vec)
-        nbh = Neighborhoods(edge_index, species.shape[0])
-        sh = nbh.pad(self.sh(edge_vec))  # [N, M, dim_sh]
-        # e(r) f(r): [N, M, n_radial], zero in empty slots
+        nbh = Neighborhoods(edge_index, species.shape[0], share_rows=True)
+        sh = nbh.pad(self.sh(edge_vec))  # [R, M, dim_sh]
+        # e(r) f(r): [R, M, n_radial], zero in empty slots
         radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))
         cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
         x = self.embedding(species)
