@@ -681,12 +681,15 @@ class VerletList:
         :func:`batched_neighbor_list`; ``numbers`` only participates in the change test)."""
         positions = _as_positions(positions)
         dev = positions.device
-        cell_t = None if cell is None else torch.as_tensor(cell, device=dev).detach().clone()
+        # Compared as given; copied only when stored at a rebuild (the caller may reuse its arrays).
+        cell_t = None if cell is None else torch.as_tensor(cell, device=dev).detach()
         pbc_t = None if pbc is None else torch.as_tensor(np.asarray(pbc.cpu()) if isinstance(
-            pbc, torch.Tensor) else np.asarray(pbc), device=dev).clone()
-        numbers_t = None if numbers is None else torch.as_tensor(numbers, device=dev).clone()
-        batch_t = None if batch is None else torch.as_tensor(batch, device=dev).clone()
+            pbc, torch.Tensor) else np.asarray(pbc), device=dev)
+        numbers_t = None if numbers is None else torch.as_tensor(numbers, device=dev)
+        batch_t = None if batch is None else torch.as_tensor(batch, device=dev)
         if self._needs_rebuild(positions, cell_t, pbc_t, numbers_t, batch_t):
+            cell_t, pbc_t, numbers_t, batch_t = (None if t is None else t.clone()
+                                                 for t in (cell_t, pbc_t, numbers_t, batch_t))
             single = batch_t is None and (cell_t is None or cell_t.ndim == 2)
             use_vesin = single and (self.backend == "vesin" or (
                 self.backend == "auto" and vesin_available()))
@@ -699,13 +702,15 @@ class VerletList:
                                                 pbc_t)
             self._pairs = (i, j, s)
             self._ref = (positions.detach().clone(), cell_t, pbc_t, numbers_t, batch_t)
+            # Without a periodic direction every shift is zero: the filter below can skip them.
+            self._periodic = cell_t is not None and pbc_t is not None and bool(pbc_t.any())
             self.builds += 1
         i, j, s = self._pairs
         if i.numel() == 0:
             return i, j, s
         pos = positions.detach()
         vec = pos[j] - pos[i]
-        if cell_t is not None:
+        if self._periodic:
             c = cell_t.to(pos.dtype)
             if c.ndim == 2:
                 vec = vec + s.to(pos.dtype) @ c
