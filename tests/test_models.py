@@ -426,8 +426,9 @@ def test_shared_rows_sum_like_a_scatter(always_share, n_nodes):
                                scatter_sum(u[:, :, None] * x[:, None, :], i, n_nodes))
 
 
-@pytest.mark.parametrize("variant", ["painn", "tp"])
-def test_shared_rows_give_the_same_results(monkeypatch, variant):
+@pytest.mark.parametrize("variant, layout", [("painn", "shared"), ("tp", "shared"),
+                                             ("painn", "dense")])
+def test_row_layouts_give_the_same_results(monkeypatch, variant, layout):
     """Forces and the parameter gradient of a force loss (training) agree with one row per atom."""
     from ase_eqgnn.models import blocks
 
@@ -435,9 +436,10 @@ def test_shared_rows_give_the_same_results(monkeypatch, variant):
     atoms = Atoms(rng.choice(SPECIES, 23), positions=rng.uniform(0, 7, (23, 3)))  # uneven degrees
     model = make_model(variant)
     results = []
-    for share in (False, True):
-        monkeypatch.setattr(blocks, "_MIN_SHARED_SAVING", 0.0 if share else 2.0)
-        monkeypatch.setattr(blocks, "_MIN_SHARED_SLOTS_SAVED", 0)
+    monkeypatch.setattr(blocks, "_MIN_SHARED_SLOTS_SAVED", 0)
+    for on in (False, True):
+        monkeypatch.setattr(blocks, "_MIN_SHARED_SAVING", 0.0 if on and layout == "shared" else 2.0)
+        monkeypatch.setattr(blocks, "_DENSE_PADDING", 1e9 if on and layout == "dense" else 0.0)
         model.zero_grad()
         out = model(graph_of(atoms, model), forces=True, create_graph=True)
         out[keys.FORCES].square().sum().backward()
@@ -447,3 +449,40 @@ def test_shared_rows_give_the_same_results(monkeypatch, variant):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
     assert results[1][1].abs().max() > 1e-3
+
+
+@pytest.fixture
+def always_dense(monkeypatch):
+    from ase_eqgnn.models import blocks
+
+    monkeypatch.setattr(blocks, "_DENSE_PADDING", 1e9)
+
+
+def test_dense_layout_sums_like_a_scatter(always_dense):
+    from ase_eqgnn.models.blocks import Neighborhoods, scatter_sum
+
+    gen = torch.Generator().manual_seed(3)
+    n = 6
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    keep = (i != j) & (torch.rand(n, n, generator=gen) < 0.7)
+    i, j = i[keep], j[keep]
+    perm = torch.randperm(i.numel(), generator=gen)
+    i, j = i[perm], j[perm]
+    nbh = Neighborhoods(torch.stack([i, j]), n, dense=True)
+    assert nbh.dense and nbh.width == n
+    x = torch.randn(i.numel(), 4, dtype=torch.float64, generator=gen)
+    y = torch.randn(n, 3, 4, dtype=torch.float64, generator=gen)
+    u = torch.randn(i.numel(), 3, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(nbh.sum(nbh.pad(x)), scatter_sum(x, i, n))
+    torch.testing.assert_close(nbh.sum(nbh.pad(x)[:, :, None, :] * nbh.gather(y)),
+                               scatter_sum(x[:, None, :] * y[j], i, n))
+    torch.testing.assert_close(nbh.sum_outer(nbh.outer_operand(nbh.pad(u)), nbh.pad(x)),
+                               scatter_sum(u[:, :, None] * x[:, None, :], i, n))
+
+
+def test_dense_layout_is_refused_for_periodic_images(always_dense):
+    from ase_eqgnn.models.blocks import Neighborhoods
+
+    g = AtomicGraph.from_atoms(cu_cell()).with_neighbors(CUTOFF)  # cell smaller than the cutoff
+    assert g.num_edges > g.num_atoms * (g.num_atoms - 1)  # the same (i, j) through several images
+    assert not Neighborhoods(g.edge_index, g.num_atoms, dense=True).dense

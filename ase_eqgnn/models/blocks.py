@@ -59,9 +59,17 @@ class Neighborhoods:
     of the core atoms, and one row per atom would pad every row to the core's count (a 96-atom water
     cluster at 5 Å: 4,320 slots for 2,864 edges, 2,976 when shared). The sums then become batched
     matmuls with each row's two owner masks [R, 2, M] and one gather back to atom order.
+
+    With ``dense=True``, a small structure in which nearly every atom sees every other (N^2 slots at
+    most 15 % more than N M) and no pair (i, j) occurs twice (no periodic images) uses the N x N
+    layout: slot (i, j) holds atom j, so :meth:`gather` is a broadcast view [1, N, ...] instead of
+    an index_select (and its gradient a sum, not a scatter): a PaiNN 128x3 energy+forces call on
+    biphenyl (22 atoms) is ~8 % faster. Callers must only combine gathered values by broadcasting
+    them against [R, M, ...] tensors.
     """
 
-    def __init__(self, edge_index: torch.Tensor, n_nodes: int, share_rows: bool = False):
+    def __init__(self, edge_index: torch.Tensor, n_nodes: int, share_rows: bool = False,
+                 dense: bool = False):
         i, j = edge_index[0], edge_index[1]
         n_edges = i.numel()
         device = i.device
@@ -70,6 +78,12 @@ class Neighborhoods:
         self.width = int(deg.max()) if n_edges else 0  # M (one host sync)
         self.n_rows = n_nodes
         self.owners = None  # [R, 2, M] 0/1 masks of each row's two atoms; None: row r is atom r
+        self.dense = False
+        if dense and n_edges and n_nodes * n_nodes <= _DENSE_PADDING * n_nodes * self.width:
+            flat = i * n_nodes + j
+            if int(torch.bincount(flat).max()) == 1:  # each (i, j) at most once (no periodic images)
+                self.dense, self.width, self.flat = True, n_nodes, flat
+                return
         order = torch.argsort(i, stable=True)
         i_sorted = i[order]
         start = torch.cumsum(deg, 0) - deg
@@ -108,6 +122,8 @@ class Neighborhoods:
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Node tensor [N, ...] -> neighbours' values [R, M, ...] (differentiable)."""
+        if self.dense:
+            return x.unsqueeze(0)  # slot (i, j) holds atom j: broadcasts over the rows
         return x.index_select(0, self.neighbor).view((self.n_rows, self.width) + tuple(x.shape[1:]))
 
     def _mask(self, dtype: torch.dtype) -> torch.Tensor:
@@ -146,6 +162,9 @@ class Neighborhoods:
             return y
         return self._to_atoms(y.view(self.n_rows, 2, -1, n_f))
 
+
+# The dense N x N layout is used while it has at most this many slots per slot of the padded one.
+_DENSE_PADDING = 1.15
 
 # Rows are shared only when that saves at least this fraction of the slots and this many slots: each
 # shared sum costs a batched matmul and a gather more than a plain reduction, which outweighs the

@@ -17,8 +17,9 @@ with n = 1/sqrt(avg_num_neighbors). The output is s [N, F], invariant under rota
 and translations.
 
 Speed (work on edges is memory-bound): edges are regrouped per atom in a padded [R, M] layout
-(:class:`~.blocks.Neighborhoods`; M = largest neighbour count, and two atoms share a row where
-neighbour counts are uneven, as in molecules, clusters and batches of them), so neighbour sums are
+(:class:`~.blocks.Neighborhoods`; M = largest neighbour count; two atoms share a row where
+neighbour counts are uneven, as in clusters and batches of molecules; a small molecule whose atoms
+nearly all see each other uses the N x N layout, where gathers are broadcasts), so neighbour sums are
 reductions or batched matmuls and Σ_j c_ij r̂_ij is one batched matmul (no [E, 3, F] outer product,
 in either pass); the envelope is folded into the basis and the filter has no bias (no [E, 3F]
 envelope product); φ's three outputs come from one linear; U and V are one fused linear; the first
@@ -123,7 +124,7 @@ class PaiNN(nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vec: torch.Tensor) -> torch.Tensor:
         r = edge_lengths(edge_vec)
-        nbh = Neighborhoods(edge_index, species.shape[0], share_rows=True)
+        nbh = Neighborhoods(edge_index, species.shape[0], share_rows=True, dense=True)
         unit_op = nbh.outer_operand(nbh.pad(edge_vec / r.unsqueeze(-1)))  # from [R, M, 3]
         radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))  # [R, M, n_radial]
         s = self.embedding(species)
