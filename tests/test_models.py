@@ -404,7 +404,7 @@ def always_share(monkeypatch):
 
 @pytest.mark.parametrize("n_nodes", [7, 8])
 def test_shared_rows_sum_like_a_scatter(always_share, n_nodes):
-    from ase_eqgnn.models.blocks import Neighborhoods, scatter_sum
+    from ase_eqgnn.models.blocks import Neighborhoods
 
     gen = torch.Generator().manual_seed(n_nodes)
     degrees = [0, 1, 9, 3, 12, 2, 5, 11][:n_nodes]  # uneven, with an atom without neighbours
@@ -415,6 +415,13 @@ def test_shared_rows_sum_like_a_scatter(always_share, n_nodes):
     nbh = Neighborhoods(torch.stack([i, j]), n_nodes, share_rows=True)
     assert nbh.shared and nbh.n_rows == (n_nodes + 1) // 2
     assert nbh.n_rows * nbh.width < n_nodes * max(degrees)
+
+    assert_sums_like_a_scatter(nbh, i, j, n_nodes, gen)
+
+
+def assert_sums_like_a_scatter(nbh, i, j, n_nodes, gen):
+    """nbh's neighbour sums (plain, of gathered node values, of outer products) = scatter sums."""
+    from ase_eqgnn.models.blocks import scatter_sum
 
     x = torch.randn(i.numel(), 4, dtype=torch.float64, generator=gen)
     y = torch.randn(n_nodes, 3, 4, dtype=torch.float64, generator=gen)
@@ -459,7 +466,7 @@ def always_dense(monkeypatch):
 
 
 def test_dense_layout_sums_like_a_scatter(always_dense):
-    from ase_eqgnn.models.blocks import Neighborhoods, scatter_sum
+    from ase_eqgnn.models.blocks import Neighborhoods
 
     gen = torch.Generator().manual_seed(3)
     n = 6
@@ -470,14 +477,7 @@ def test_dense_layout_sums_like_a_scatter(always_dense):
     i, j = i[perm], j[perm]
     nbh = Neighborhoods(torch.stack([i, j]), n, dense=True)
     assert nbh.dense and nbh.width == n
-    x = torch.randn(i.numel(), 4, dtype=torch.float64, generator=gen)
-    y = torch.randn(n, 3, 4, dtype=torch.float64, generator=gen)
-    u = torch.randn(i.numel(), 3, dtype=torch.float64, generator=gen)
-    torch.testing.assert_close(nbh.sum(nbh.pad(x)), scatter_sum(x, i, n))
-    torch.testing.assert_close(nbh.sum(nbh.pad(x)[:, :, None, :] * nbh.gather(y)),
-                               scatter_sum(x[:, None, :] * y[j], i, n))
-    torch.testing.assert_close(nbh.sum_outer(nbh.outer_operand(nbh.pad(u)), nbh.pad(x)),
-                               scatter_sum(u[:, :, None] * x[:, None, :], i, n))
+    assert_sums_like_a_scatter(nbh, i, j, n, gen)
 
 
 def test_dense_layout_is_refused_for_periodic_images(always_dense):
