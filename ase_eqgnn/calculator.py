@@ -99,8 +99,8 @@ class EqGNNCalculator(Calculator):
         self.min_distance = float(min_distance)
         self.neighbors = VerletList(self.cutoff, skin=skin, backend=neighbor_backend)
         self._species = set(int(z) for z in self.model.species)
-        # True while no two atoms can be closer than min_distance before the list's next rebuild.
-        self._no_overlap_until_rebuild = False
+        # No two atoms come closer than this (Å) before the neighbour list's next rebuild.
+        self._closest_until_rebuild = -math.inf
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -148,11 +148,11 @@ class EqGNNCalculator(Calculator):
         apart and pairs in it at least the shortest edge within ``cutoff`` (or ``cutoff``). If that
         bound minus the skin is still >= ``min_distance``, no call checks again until the next rebuild.
         """
-        if not rebuilt and self._no_overlap_until_rebuild:
+        if not rebuilt and self._closest_until_rebuild >= self.min_distance:
             return
         shortest = min(self._check_overlaps(graph), self.cutoff)
         if rebuilt:
-            self._no_overlap_until_rebuild = shortest - self.neighbors.skin >= self.min_distance
+            self._closest_until_rebuild = shortest - self.neighbors.skin
 
     # ---------------------------------------------------------------- ASE protocol
     def calculate(self, atoms: Optional[Atoms] = None, properties: Sequence[str] = (keys.ENERGY,),

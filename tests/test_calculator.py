@@ -125,6 +125,15 @@ def test_atoms_that_overlap_between_list_rebuilds_are_caught():
         else:
             calc.get_potential_energy(atoms)
     assert calc.neighbors.builds > 1
+    # A min_distance raised between rebuilds is honoured at once.
+    atoms.positions[1, 0] = 2.0
+    calc.get_potential_energy(atoms)
+    builds = calc.neighbors.builds
+    calc.min_distance = 1.9
+    atoms.positions[1, 0] = 1.85  # moved 0.15 Å < skin / 2: no rebuild
+    with pytest.raises(ValueError, match="overlapping atoms"):
+        calc.get_potential_energy(atoms)
+    assert calc.neighbors.builds == builds
 
 
 def test_verlet_reuse_gives_the_same_results_as_fresh_lists():
