@@ -232,13 +232,13 @@ def batched_neighbor_list(
     def per_atom(x, matrices):  # x[n] @ matrices[batch[n]]; one matmul for a single structure
         return x @ matrices[0] if n_graphs == 1 else torch.einsum("nk,nkl->nl", x, matrices[batch])
 
-    def rows(table, index):  # table[index] for a table with one row per structure
+    def per_structure(table, index):  # table[index] for a table with one row per structure
         if n_graphs == 1:  # a broadcast view: indexing a one-row table costs as much as a copy
             return table.expand((index.shape[0],) + tuple(table.shape[1:]))
         return table[index]
 
     frac = per_atom(pos, inv_frames)
-    atom_pbc = rows(pbc_t, batch)
+    atom_pbc = per_structure(pbc_t, batch)
     wrap = torch.where(atom_pbc, torch.floor(frac), torch.zeros_like(frac))
     frac = frac - wrap
     wrap = wrap.long()
@@ -301,9 +301,10 @@ def batched_neighbor_list(
     total_bins = int(np.prod(n_bins, axis=1).sum())
 
     # Bin of each atom.
-    atom_nb = rows(n_bins_t, batch)
-    rel = (frac - rows(torch.as_tensor(origin, dtype=f64, device=device), batch)) / rows(
-        torch.as_tensor(span, dtype=f64, device=device), batch)
+    atom_nb = per_structure(n_bins_t, batch)
+    origin_t = torch.as_tensor(origin, dtype=f64, device=device)
+    span_t = torch.as_tensor(span, dtype=f64, device=device)
+    rel = (frac - per_structure(origin_t, batch)) / per_structure(span_t, batch)
     scaled = rel * atom_nb
     coord = torch.minimum(torch.clamp(torch.floor(scaled).long(), min=0), atom_nb - 1)
     in_bin = scaled - coord  # position inside the bin, in bin widths, [0, 1]
@@ -311,7 +312,7 @@ def batched_neighbor_list(
     def linear(c, nbins, base):
         return base + (c[..., 0] * nbins[..., 1] + c[..., 1]) * nbins[..., 2] + c[..., 2]
 
-    atom_bin = linear(coord, atom_nb, rows(bin_base, batch))
+    atom_bin = linear(coord, atom_nb, per_structure(bin_base, batch))
     order = torch.argsort(atom_bin, stable=True)
     bin_count = torch.bincount(atom_bin, minlength=total_bins)
     bin_start = torch.cumsum(bin_count, 0) - bin_count
@@ -326,23 +327,23 @@ def batched_neighbor_list(
     # many there are. Built once per bin rather than per atom (a bin holds several atoms).
     bin_ids = torch.arange(total_bins, device=device)
     bin_graph = torch.searchsorted(bin_base, bin_ids, right=True) - 1
-    local = bin_ids - rows(bin_base, bin_graph)
-    g_nb = rows(n_bins_t, bin_graph)  # [T, 3]
+    local = bin_ids - per_structure(bin_base, bin_graph)
+    g_nb = per_structure(n_bins_t, bin_graph)  # [T, 3]
     bin_coord = torch.stack([local // (g_nb[:, 1] * g_nb[:, 2]), (local // g_nb[:, 2]) % g_nb[:, 1],
                              local % g_nb[:, 2]], dim=1)
     target = bin_coord[:, None, :] + offsets_t[None]  # [T, M, 3]
     nbins = g_nb[:, None, :]
-    periodic = rows(pbc_t, bin_graph)[:, None, :]
-    image = torch.where(periodic, torch.floor(target.to(f64) / nbins).long(), torch.zeros_like(target))
+    bin_pbc = per_structure(pbc_t, bin_graph)[:, None, :]
+    image = torch.where(bin_pbc, torch.floor(target.to(f64) / nbins).long(), torch.zeros_like(target))
     wrapped = target - image * nbins
-    ok = torch.where(periodic, offsets_t[None].abs() <= rows(torch.as_tensor(reach, device=device),
-                                                             bin_graph)[:, None, :],
+    reach_t = per_structure(torch.as_tensor(reach, device=device), bin_graph)[:, None, :]
+    ok = torch.where(bin_pbc, offsets_t[None].abs() <= reach_t,
                      (target >= 0) & (target < nbins)).all(-1)
-    nbin = linear(wrapped.clamp(min=0), nbins, rows(bin_base, bin_graph)[:, None])
+    nbin = linear(wrapped.clamp(min=0), nbins, per_structure(bin_base, bin_graph)[:, None])
     nbin = torch.where(ok, nbin, torch.zeros_like(nbin))
     tab_first = bin_start[nbin]
     tab_count = torch.where(ok, bin_count[nbin], torch.zeros_like(nbin))
-    tab_shift = torch.einsum("tmk,tkl->tml", image.to(f64), rows(cell_t, bin_graph))
+    tab_shift = torch.einsum("tmk,tkl->tml", image.to(f64), per_structure(cell_t, bin_graph))
     own = int(offsets.index((0, 0, 0)))
 
     # Everything below in sorted order ("s" = position in the sorted array).
@@ -367,8 +368,9 @@ def batched_neighbor_list(
     prune = bool(orthogonal.any())
     if prune:
         s_in_bin = in_bin[order].to(torch.float32)
-        s_thick = rows(torch.as_tensor(np.where(orthogonal[:, None], thickness, 0.0),
-                                       dtype=torch.float32, device=device), batch[order])
+        thick_t = torch.as_tensor(np.where(orthogonal[:, None], thickness, 0.0),
+                                  dtype=torch.float32, device=device)
+        s_thick = per_structure(thick_t, batch[order])
     # Shifts travel as one packed int64 per pair (see _pack): image of the bin + wrap of i - wrap of j.
     periodic = bool(pbc_np.any())
     if periodic:
