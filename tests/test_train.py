@@ -275,6 +275,19 @@ def test_resume_with_another_model_is_refused(reference_run, cu_file, tmp_path):
         Trainer(tiny_config(cu_file, tmp_path, max_epochs=5, hparams={"features": 16, "layers": 1}))
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from ase_eqgnn.train.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", local_rank=0) == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="nproc_per_node"):
+        resolve_device("auto", local_rank=1)
+    with pytest.raises(ValueError, match="cuda:3 does not exist"):
+        resolve_device("cuda:3")
+    assert resolve_device("cpu", local_rank=1) == torch.device("cpu")
+
+
 def test_max_time_stops_the_run(cu_file, tmp_path):
     result = train(tiny_config(cu_file, tmp_path, max_epochs=1000, max_time=1.0))
     assert result.stop_reason == "max_time" and 1 <= result.epochs < 1000
@@ -344,9 +357,9 @@ def test_eqgnn_eval_unknown_model_is_an_error(cu_file, capsys):
 def test_torchrun_two_processes_match_one(cu_file, tmp_path):
     """2 gloo processes with the same global batch give the single-process weights."""
     single = tmp_path / "single"
-    train(tiny_config(cu_file, single, max_epochs=2))
+    train(tiny_config(cu_file, single, max_epochs=2, device="cpu"))
     cfg = tmp_path / "ddp.yaml"
-    write_yaml(cfg, tiny_config(cu_file, tmp_path / "ddp", max_epochs=2))
+    write_yaml(cfg, tiny_config(cu_file, tmp_path / "ddp", max_epochs=2, device="cpu"))
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m",

@@ -39,7 +39,7 @@ class DistInfo:
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; checks ``cuda`` exists."""
     if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -49,6 +49,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
             raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {dev} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s); "
+            f"start at most that many processes per machine (torchrun --nproc_per_node) or use "
+            f"device 'cpu'")
     return dev
 
 
