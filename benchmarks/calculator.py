@@ -60,6 +60,12 @@ Usage::
         [--systems Cu108,Cu864,biphenyl,water96] [--tools ours-painn,schnetpack,...]
         [--md-steps 100] [--md-budget-s 0] [--call-budget-s 0] [--json out.json] [--markdown]
 
+On a GPU (``--device cuda``) the default systems add periodic Cu with 6,912 and 32,000 atoms, and the
+table adds each tool's peak GPU memory per system (``torch.cuda.max_memory_allocated``, calls and MD).
+The GPU machine has one interpreter and no venvs: install each anchor with ``pip install --target
+SITE/<schnetpack|nequip|mace>`` and pass ``--anchor-site SITE``; each anchor then runs with this
+interpreter and its folder first on ``PYTHONPATH`` (``benchmarks/gpu/run.sh`` does all of it).
+
 ``--quick``: Cu108 and biphenyl, 3 repeats, 10 MD steps (a smoke test, not numbers to quote).
 On the 2-core machine the full set with every anchor at the defaults takes hours (Cu864 costs
 seconds per call for the slow tools); a run that fits about half an hour:
@@ -97,15 +103,27 @@ TOOLS = {
 # (anchor, ours): ratio columns, anchor time / our time
 RATIOS = [("schnetpack", "ours-painn"), ("nequip", "ours-tp"), ("mace", "ours-tp")]
 SYSTEM_LABELS = {"Cu108": "Cu fcc 108 (pbc)", "Cu864": "Cu fcc 864 (pbc)",
+                 "Cu6912": "Cu fcc 6,912 (pbc)", "Cu32000": "Cu fcc 32,000 (pbc)",
                  "biphenyl": "biphenyl 22", "water96": "water cluster 96"}
 
 
-def _python_for(tool: str, anchors_dir: str) -> Optional[str]:
+def _python_for(tool: str, args) -> Optional[str]:
+    """The interpreter a tool runs with: ours and --anchor-site anchors use this one."""
     venv = TOOLS[tool][0]
     if venv is None:
         return sys.executable
-    py = os.path.join(anchors_dir, venv, "bin", "python")
+    if args.anchor_site:
+        return sys.executable if os.path.isdir(os.path.join(args.anchor_site, venv)) else None
+    py = os.path.join(args.anchors_dir, venv, "bin", "python")
     return py if os.path.exists(py) else None
+
+
+def _gpu_name(device: str) -> Optional[str]:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def _loadavg() -> Optional[float]:
@@ -123,11 +141,14 @@ def run_tool(tool: str, python: str, systems: List[str], args, systems_file: str
            "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--md-steps", str(args.md_steps), "--md-budget-s", str(args.md_budget_s),
            "--call-budget-s", str(args.call_budget_s),
-           "--threads", str(args.threads), "--cache-dir", cache_dir]
+           "--threads", str(args.threads), "--device", args.device, "--cache-dir", cache_dir]
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(args.threads)
-    if TOOLS[tool][0] is not None:  # an anchor: its own venv, nothing of ours on the path
+    if TOOLS[tool][0] is not None and args.anchor_site:  # the anchor's packages shadow the shared ones
+        site = os.path.join(args.anchor_site, TOOLS[tool][0])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+    elif TOOLS[tool][0] is not None:  # an anchor: its own venv, nothing of ours on the path
         env.pop("PYTHONPATH", None)
         env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
     load_before = _loadavg()
@@ -157,6 +178,8 @@ def run_tool(tool: str, python: str, systems: List[str], args, systems_file: str
             print(f"  {tool:11s} {name:9s} FAILED", file=sys.stderr, flush=True)
             continue
         ms = "-" if r["ms"] is None else f"{r['ms']:.1f} ms"
+        if r.get("peak_gib") is not None:
+            ms += f" ({r['peak_gib']:.2f} GiB)"
         md = "-" if r["md_steps_per_s"] is None else f"{r['md_steps_per_s']:.2f} steps/s ({r['md_steps']})"
         err = f"  ERROR {r['error']}" if r.get("error") else ""
         print(f"  {tool:11s} {name:9s} {ms:>12s}  MD {md}  [load {load_before}->{_loadavg()}]{err}",
@@ -203,6 +226,13 @@ def build_table(report: Dict) -> Dict:
                 ta, to = get(a, system, "ms"), get(o, system, "ms")
                 row.append(_fmt_ratio(ta / to if ta and to else None))
         rows.append(row)
+    if any(get(t, s, "peak_gib") is not None for t in tools for s in report["systems"]):
+        for system in report["systems"]:
+            row = [SYSTEM_LABELS.get(system, system), "peak GiB"]
+            row += ["-" if get(t, system, "peak_gib") is None else f"{get(t, system, 'peak_gib'):.2f}"
+                    for t in tools]
+            row += ["" for a, o in RATIOS if a in tools and o in tools]
+            rows.append(row)
     if report["md_steps"] > 0:
         for system in report["systems"]:
             row = [SYSTEM_LABELS.get(system, system), "MD steps/s"]
@@ -243,7 +273,9 @@ def format_markdown(report: Dict) -> str:
 
 
 def _footer(report: Dict) -> List[str]:
-    out = [f"float32, CPU, {report['threads']} threads; median of {report['repeats']} calls after "
+    device = report.get("device", "cpu")
+    where = "CPU" if device == "cpu" else f"{device} ({report.get('gpu', 'GPU')})"
+    out = [f"float32, {where}, {report['threads']} CPU threads; median of {report['repeats']} calls after "
            f"{report['warmup']} warm-up (fewer where --call-budget-s capped a slow tool); MD: "
            f"VelocityVerlet 1 fs, {report['md_steps']} steps"
            + (f" ('(N st)' = fewer, capped at about {report['md_budget_s']:g} s of MD per tool and "
@@ -293,6 +325,10 @@ def main(argv=None):
                    help="cap each tool's timed calls on each system to about this many seconds "
                         "(fewer repeats, at least 3)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for every tool")
+    p.add_argument("--anchor-site", default=None,
+                   help="instead of venvs: a folder holding schnetpack/, nequip/, mace/ made with "
+                        "'pip install --target', run with this interpreter (the GPU machine)")
     p.add_argument("--order", choices=["system", "tool"], default="system",
                    help="'system': one worker per (system, tool), interleaved (robust to load "
                         "changes); 'tool': one worker per tool for all systems (less start-up)")
@@ -311,8 +347,9 @@ def main(argv=None):
         print(format_markdown(report) if args.markdown else format_text(report))
         return report
 
+    default_systems = common.GPU_SYSTEM_NAMES if args.device.startswith("cuda") else common.SYSTEM_NAMES
     systems = (args.systems.split(",") if args.systems else
-               ["Cu108", "biphenyl"] if args.quick else list(common.SYSTEM_NAMES))
+               ["Cu108", "biphenyl"] if args.quick else list(default_systems))
     if args.repeats is None:
         args.repeats = 3 if args.quick else 10
     if args.md_steps is None:
@@ -324,9 +361,9 @@ def main(argv=None):
 
     skipped, pythons = [], {}
     for t in tools:
-        py = _python_for(t, args.anchors_dir)
+        py = _python_for(t, args)
         if py is None:
-            venv = os.path.join(args.anchors_dir, TOOLS[t][0])
+            venv = os.path.join(args.anchor_site or args.anchors_dir, TOOLS[t][0])
             msg = (f"skipped {t}: no virtual environment at {venv} "
                    f"(create it with benchmarks/setup_anchors.sh {args.anchors_dir})")
             print(msg, file=sys.stderr)
@@ -342,6 +379,7 @@ def main(argv=None):
     report = {"systems": systems, "tools_order": tools, "repeats": args.repeats,
               "warmup": args.warmup, "md_steps": args.md_steps, "md_budget_s": args.md_budget_s,
               "call_budget_s": args.call_budget_s, "threads": args.threads,
+              "device": args.device, "gpu": _gpu_name(args.device),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
               "load_start": _loadavg(), "skipped": skipped, "tools": {}}
     started = time.time()
@@ -355,6 +393,9 @@ def main(argv=None):
         for t, sys_list in plan:
             payload = run_tool(t, pythons[t], sys_list, args, systems_file, cache_dir)
             merge(report["tools"].setdefault(t, {}), payload)
+            if args.json:  # after every worker, so a run cut short keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(report, f, indent=1)
     report["load_end"] = _loadavg()
     loads = [x for rec in report["tools"].values() for run in rec.get("runs", [])
              for x in (run["load_before"], run["load_after"]) if x is not None]

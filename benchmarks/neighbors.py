@@ -8,7 +8,10 @@ Every tool is asked for the same output as ours returns, ``i``, ``j`` and the in
 The tools take turns within each repeat (interleaved), so a change in machine load hits them alike.
 
     python benchmarks/neighbors.py [--sizes 500 4000 32000 108000] [--repeats 5] [--threads 2]
-        [--device cpu|cuda] [--json out.json]
+        [--device cpu|cuda] [--skip ase,matscipy] [--json out.json]
+
+On ``--device cuda`` ours and vesin-torch run on the GPU (timed up to a device synchronisation) and
+ase, matscipy and vesin on the host's CPU threads, as the GPU bar in shared/GPU.md lists them.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def interleaved_median_ms(fns: dict, repeats: dict, sync=lambda: None) -> tuple:
     return {name: statistics.median(t) for name, t in times.items()}, first
 
 
-def tools(atoms, periodic: bool, device: str):
+def tools(atoms, periodic: bool, device: str, skip=()):
     """name -> zero-argument callable returning the number of pairs."""
     pos_np = atoms.positions
     cell_np = atoms.cell[:]
@@ -91,7 +94,7 @@ def tools(atoms, periodic: bool, device: str):
             out["torch-cluster"] = lambda: radius_graph(pos, CUTOFF, max_num_neighbors=max_nb).shape[1]
         except ImportError:
             pass
-    return out
+    return {name: fn for name, fn in out.items() if name not in skip}
 
 
 def main(argv=None) -> None:
@@ -100,7 +103,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--skip", default="", help="comma list of tools to leave out")
+    parser.add_argument("--json", help="also write the rows as JSON here (after every size)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -114,9 +118,15 @@ def main(argv=None) -> None:
     for n_target in args.sizes:
         atoms = fcc_copper(n_target)
         for periodic in (True, False):
-            fns = tools(atoms, periodic, args.device)
-            results, counts = interleaved_median_ms(
-                fns, {name: 1 if name == "ase" else args.repeats for name in fns}, sync)
+            fns = tools(atoms, periodic, args.device, args.skip.split(","))
+            try:
+                results, counts = interleaved_median_ms(
+                    fns, {name: 1 if name == "ase" else args.repeats for name in fns}, sync)
+            except torch.cuda.OutOfMemoryError as exc:  # report the size and go on with the next
+                print(f"{len(atoms):>7} {'yes' if periodic else 'no':>4} out of GPU memory: {exc}")
+                rows.append({"atoms": len(atoms), "periodic": periodic, "error": "out of memory"})
+                torch.cuda.empty_cache()
+                continue
             counts = {name: int(c) for name, c in counts.items()}
             ref = counts["ours"]
             bad = {k: v for k, v in counts.items() if v != ref}
@@ -135,15 +145,15 @@ def main(argv=None) -> None:
             print(f"{len(atoms):>7} {'yes' if periodic else 'no':>4} {ref:>9} " + " ".join(cells),
                   flush=True)
             rows.append({"atoms": len(atoms), "periodic": periodic, "pairs": ref, "ms": results})
-    periodic_rows = [r for r in rows if r["periodic"]]
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
+    periodic_rows = [r for r in rows if r["periodic"] and "ms" in r]
     if len(periodic_rows) >= 2:
         lo, hi = periodic_rows[0], periodic_rows[-1]
         print(f"\nscaling (periodic, ours): {hi['atoms']}/{lo['atoms']} atoms -> "
               f"{hi['ms']['ours'] / lo['ms']['ours']:.1f}x time "
               f"(linear would be {hi['atoms'] / lo['atoms']:.1f}x)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import numpy as np
 RESULT_TAG = "@@BENCH_RESULT@@"
 CUTOFF = 5.0
 SPECIES = [1, 6, 8, 29]  # H, C, O, Cu: every model knows the same four elements
-SYSTEM_NAMES = ["Cu108", "Cu864", "biphenyl", "water96"]
+SYSTEM_NAMES = ["Cu108", "Cu864", "biphenyl", "water96"]  # the CPU set
+GPU_SYSTEM_NAMES = ["biphenyl", "water96", "Cu108", "Cu864", "Cu6912", "Cu32000"]
 PERTURB_A = 0.01  # Å, std of the fresh Gaussian displacement applied before every timed call
 MD_TIMESTEP_FS = 1.0
 MD_TEMPERATURE_K = 300.0
@@ -86,6 +87,7 @@ def _copper(reps: int):
 
 def build_systems(names=SYSTEM_NAMES) -> Dict[str, "object"]:
     makers = {"Cu108": lambda: _copper(3), "Cu864": lambda: _copper(6),
+              "Cu6912": lambda: _copper(12), "Cu32000": lambda: _copper(20),
               "biphenyl": _biphenyl, "water96": _water_cluster}
     out = {}
     for n in names:
@@ -208,6 +210,7 @@ def worker_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--md-budget-s", type=float, default=0.0,
                    help="cap on the MD wall time per system (fewer steps if needed; 0 = no cap)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (each tool's calculator gets it)")
     p.add_argument("--cache-dir", default=None, help="where saved/compiled anchor models are kept")
     return p
 
@@ -222,6 +225,12 @@ def run_worker(args, tool: str, make_calc: Callable[[], object], versions: Dict[
         atoms = systems[name]
         r = {"n_atoms": len(atoms), "ms": None, "ms_all": [], "md_steps": 0, "md_steps_per_s": None,
              "md_note": None, "error": None}
+        cuda = args.device.startswith("cuda")
+        if cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         try:
             times = time_calls(atoms, make_calc(), args.repeats, args.warmup,
                                budget_s=args.call_budget_s)
@@ -233,12 +242,14 @@ def run_worker(args, tool: str, make_calc: Callable[[], object], versions: Dict[
         except Exception as exc:  # report, keep going with the other systems
             r["error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(file=sys.stderr)
+        if cuda:  # the most GPU memory torch held at once for this system, calls and MD
+            r["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         results[name] = r
         print(f"[{tool}] {name}: {r['ms']} ms, md {r['md_steps_per_s']} steps/s "
               f"({r['md_steps']} steps){'  ERROR ' + r['error'] if r['error'] else ''}",
               file=sys.stderr, flush=True)
     payload = {"tool": tool, "versions": versions, "dtype": dtype, "notes": list(notes),
-               "threads": args.threads, "results": results}
+               "threads": args.threads, "device": args.device, "results": results}
     print(RESULT_TAG + " " + json.dumps(payload), flush=True)
 
 

@@ -69,7 +69,7 @@ def main():
         build_and_save(path)
 
     def make_calc():
-        return MACECalculator(model_paths=path, device="cpu", default_dtype=args.dtype)
+        return MACECalculator(model_paths=path, device=args.device, default_dtype=args.dtype)
 
     calc = make_calc()
     nparams = sum(p.numel() for p in calc.models[0].parameters())

@@ -50,7 +50,7 @@ def main():
     type_names = model.metadata["type_names"].split(" ")
 
     def make_calc():
-        return NequIPCalculator(model=model, device="cpu",
+        return NequIPCalculator(model=model, device=args.device,
                                 transforms=basic_transforms(model.metadata, r_max, type_names,
                                                             {t: t for t in type_names}))
 

@@ -4,7 +4,8 @@
 
 Benchmark sizes (shared/BRIEF.md): painn 128 features x 3 layers x 20 radial functions (SchNetPack's
 PaiNN size); tp l_max 1, 4 layers, 32 features (NequIP's defaults); egnn 128 features x 3 layers.
-Cutoff 5 Å, species H, C, O, Cu, float32, randomly initialised (seeded), EqGNNCalculator on CPU.
+Cutoff 5 Å, species H, C, O, Cu, float32, randomly initialised (seeded), EqGNNCalculator on
+``--device`` (cpu by default).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main():
                         **HPARAMS[args.model])
 
     def make_calc():
-        return EqGNNCalculator(model, device="cpu", dtype="float32")
+        return EqGNNCalculator(model, device=args.device, dtype="float32")
 
     hp = ", ".join(f"{k}={v}" for k, v in HPARAMS[args.model].items())
     common.run_worker(args, f"ours-{args.model}", make_calc,

@@ -71,7 +71,7 @@ def main():
     def make_calc():
         return SpkCalculator(model_file=path, neighbor_list=nl_cls(cutoff=common.CUTOFF),
                              energy_key="energy", force_key="forces", energy_unit="eV",
-                             position_unit="Ang", device="cpu", dtype=torch.float32)
+                             position_unit="Ang", device=args.device, dtype=torch.float32)
 
     common.run_worker(args, "schnetpack-painn", make_calc,
                       common.package_versions("schnetpack", "torch", "ase"), "float32",
