@@ -134,7 +134,13 @@ def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tenso
                  edge_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Vectors r_ij = r_j - r_i + shifts @ cell[batch_i], [E, 3] Å, differentiable in positions and cell."""
     i, j = edge_index[0], edge_index[1]
-    vec = positions[j] - positions[i]
+    # index_select rather than positions[j]: its gradient is an index_add, where advanced indexing's
+    # gradient sorts the indices first (on an H200, PaiNN at 6,912 Cu atoms spent 54 of 70 ms there).
+    vec = positions.index_select(0, j) - positions.index_select(0, i)
     if shifts.numel():
-        vec = vec + torch.einsum("ek,ekl->el", shifts.to(positions.dtype), cell[batch[i]])
+        shifts = shifts.to(positions.dtype)
+        if cell.shape[0] == 1:  # one structure: one matmul, no per-edge copy of the cell
+            vec = vec + shifts @ cell[0]
+        else:
+            vec = vec + torch.einsum("ek,ekl->el", shifts, cell.index_select(0, batch.index_select(0, i)))
     return vec

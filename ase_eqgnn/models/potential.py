@@ -130,7 +130,10 @@ class Potential(nn.Module):
                 strain = torch.zeros(n_graphs, 3, 3, dtype=dtype, device=device, requires_grad=True)
                 inputs.append(strain)
                 sym = 0.5 * (strain + strain.transpose(1, 2))
-                r = positions + torch.einsum("ni,nij->nj", positions, sym[batch])
+                if n_graphs == 1:  # (a per-atom gather of the strain has a slow GPU gradient)
+                    r = positions + positions @ sym[0]
+                else:
+                    r = positions + torch.einsum("ni,nij->nj", positions, sym.index_select(0, batch))
                 h = cell + torch.bmm(cell, sym)
             vec = edge_vectors(r, h, batch, edge_index, shifts)
 
