@@ -486,3 +486,18 @@ def test_dense_layout_is_refused_for_periodic_images(always_dense):
     g = AtomicGraph.from_atoms(cu_cell()).with_neighbors(CUTOFF)  # cell smaller than the cutoff
     assert g.num_edges > g.num_atoms * (g.num_atoms - 1)  # the same (i, j) through several images
     assert not Neighborhoods(g.edge_index, g.num_atoms, dense=True).dense
+
+
+def test_layouts_are_reused_only_inside_reuse_layouts():
+    from ase_eqgnn.models.blocks import neighborhoods, reuse_layouts
+
+    edge_index = torch.tensor([[0, 0, 1, 2], [1, 2, 0, 0]])
+    assert neighborhoods(edge_index, 3) is not neighborhoods(edge_index, 3)
+    with reuse_layouts():
+        first = neighborhoods(edge_index, 3, share_rows=True)
+        assert neighborhoods(edge_index, 3, share_rows=True) is first
+        assert neighborhoods(edge_index.clone(), 3, share_rows=True) is not first  # another tensor
+        assert neighborhoods(edge_index, 3) is not first  # other options
+        edge_index[1, 0] = 2  # changed in place: a new layout
+        assert neighborhoods(edge_index, 3, share_rows=True) is not first
+    assert neighborhoods(edge_index, 3) is not neighborhoods(edge_index, 3)

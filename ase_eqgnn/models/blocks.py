@@ -27,8 +27,10 @@ Example
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -161,6 +163,38 @@ class Neighborhoods:
         if not self.shared:
             return y
         return self._to_atoms(y.view(self.n_rows, 2, -1, n_f))
+
+
+# Layouts kept for reuse inside a :func:`reuse_layouts` block (None outside one).
+_LAYOUT_MEMO: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar(
+    "ase_eqgnn_layout_memo", default=None)
+
+
+@contextlib.contextmanager
+def reuse_layouts() -> Iterator[None]:
+    """Inside this block, :func:`neighborhoods` builds each layout once per ``edge_index`` tensor.
+
+    Building a layout reads sizes back from the device (host syncs), which a CUDA graph capture
+    forbids: evaluating a model once inside the block and then capturing it in the same block makes
+    the capture reuse the layout. Outside a block nothing is kept.
+    """
+    token = _LAYOUT_MEMO.set({})
+    try:
+        yield
+    finally:
+        _LAYOUT_MEMO.reset(token)
+
+
+def neighborhoods(edge_index: torch.Tensor, n_nodes: int, **options) -> "Neighborhoods":
+    """``Neighborhoods(edge_index, n_nodes, **options)``, reused inside :func:`reuse_layouts`."""
+    memo = _LAYOUT_MEMO.get()
+    if memo is None:
+        return Neighborhoods(edge_index, n_nodes, **options)
+    key = (id(edge_index), edge_index._version, n_nodes, tuple(sorted(options.items())))
+    hit = memo.get(key)
+    if hit is None or hit[0] is not edge_index:  # (an id can be reused by a new tensor)
+        hit = memo[key] = (edge_index, Neighborhoods(edge_index, n_nodes, **options))
+    return hit[1]
 
 
 # The dense N x N layout is used while it has at most this many slots per slot of the padded one.
@@ -306,7 +340,9 @@ class SpeciesIndex(nn.Module):
         numbers = numbers.to(device=self.table.device, dtype=torch.long)
         idx = self.table[numbers.clamp(0, _MAX_Z - 1)]
         bad = (idx < 0) | (numbers < 0) | (numbers >= _MAX_Z)
-        if numbers.numel() and bool(bad.any()):
+        # (checked when not being captured into a CUDA graph: a check reads the device back)
+        capturing = idx.is_cuda and torch.cuda.is_current_stream_capturing()
+        if numbers.numel() and not capturing and bool(bad.any()):
             unknown = sorted(set(numbers[bad].tolist()))
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" if 0 < z < _MAX_Z else f"Z={z}"
                               for z in unknown)
@@ -375,6 +411,7 @@ def edge_lengths(edge_vec: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "Neighborhoods", "BesselBasis", "PolynomialCutoff", "SpeciesIndex", "SpeciesEmbedding", "MLP", "scatter_sum",
+    "Neighborhoods", "neighborhoods", "reuse_layouts", "BesselBasis", "PolynomialCutoff",
+    "SpeciesIndex", "SpeciesEmbedding", "MLP", "scatter_sum",
     "normalize_species", "check_positive_int", "check_positive_float", "edge_lengths",
 ]

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .blocks import (MLP, BesselBasis, Neighborhoods, PolynomialCutoff, SpeciesEmbedding,
-                     check_positive_float, check_positive_int, edge_lengths)
+                     check_positive_float, check_positive_int, edge_lengths, neighborhoods)
 
 DEFAULTS = {
     "features": 128,
@@ -124,7 +124,7 @@ class PaiNN(nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vec: torch.Tensor) -> torch.Tensor:
         r = edge_lengths(edge_vec)
-        nbh = Neighborhoods(edge_index, species.shape[0], share_rows=True, dense=True)
+        nbh = neighborhoods(edge_index, species.shape[0], share_rows=True, dense=True)
         unit_op = nbh.outer_operand(nbh.pad(edge_vec / r.unsqueeze(-1)))  # from [R, M, 3]
         radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))  # [R, M, n_radial]
         s = self.embedding(species)

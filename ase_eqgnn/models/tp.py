@@ -40,7 +40,7 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 
 from .blocks import (BesselBasis, Neighborhoods, PolynomialCutoff, SpeciesEmbedding,
-                     check_positive_float, check_positive_int, edge_lengths)
+                     check_positive_float, check_positive_int, edge_lengths, neighborhoods)
 
 DEFAULTS = {
     "features": 32,
@@ -214,7 +214,7 @@ class TensorProductNet(nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
                 edge_vec: torch.Tensor) -> torch.Tensor:
         r = edge_lengths(edge_vec)
-        nbh = Neighborhoods(edge_index, species.shape[0], share_rows=True)
+        nbh = neighborhoods(edge_index, species.shape[0], share_rows=True)
         sh = nbh.pad(self.sh(edge_vec))  # [R, M, dim_sh]
         # e(r) f(r): [R, M, n_radial], zero in empty slots
         radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))
