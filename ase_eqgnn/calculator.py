@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -28,12 +30,20 @@ from ase.data import chemical_symbols
 
 from . import keys
 from .checkpoint import load_model
+from .cuda_graphs import CapturedPotential
 from .graph import AtomicGraph, edge_vectors
 from .models.potential import Potential
 from .neighbors import VerletList, batched_neighbor_list
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy
+# cuda_graphs="auto" captures lists of at most this many pairs: above it the GPU's arithmetic, not
+# launching kernels, sets the time, and the graph's unpruned skin pairs would only add work.
+_GRAPH_MAX_PAIRS = 100_000
+# A capture costs about three eager calls. "auto" captures at a list's second call, or at its sixth
+# when the previous list was rebuilt within six calls (fast atoms, small skin), so that short-lived
+# lists are not captured for a replay or two.
+_CAPTURE_AT_CALL, _CAPTURE_AT_CALL_AFTER_SHORT_LIST = 2, 6
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -71,6 +81,11 @@ class EqGNNCalculator(Calculator):
         list), "torch" or "vesin".
     min_distance : two atoms closer than this (Å) are an error (overlapping atoms give meaningless
         energies rather than a clear failure otherwise).
+    cuda_graphs : on a GPU, replay the model as a CUDA graph captured once per neighbour list
+        (:class:`~ase_eqgnn.cuda_graphs.CapturedPotential`): "auto" (default) for lists of up to
+        100,000 pairs, from a list's second call on (sixth after a short-lived list); True for
+        every list from its first call; False never. Small
+        systems are bound by kernel launches, which the replay removes; results are the same.
 
     ``implemented_properties``: energy, free_energy, energies (per atom), forces, and stress when the
     cell is periodic in all three directions (otherwise asking for stress raises ASE's
@@ -81,7 +96,7 @@ class EqGNNCalculator(Calculator):
 
     def __init__(self, model: Union[str, os.PathLike, Potential], device="cpu", dtype="float32",
                  skin: float = 0.5, neighbor_backend: str = "auto", min_distance: float = 0.1,
-                 **kwargs):
+                 cuda_graphs="auto", **kwargs):
         super().__init__(**kwargs)
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype)
@@ -101,6 +116,14 @@ class EqGNNCalculator(Calculator):
         self._species = set(int(z) for z in self.model.species)
         # No two atoms come closer than this (Å) before the neighbour list's next rebuild.
         self._closest_until_rebuild = -math.inf
+        if cuda_graphs not in (True, False, "auto"):
+            raise ValueError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}")
+        if cuda_graphs is True and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs device='cuda'")
+        self.cuda_graphs = cuda_graphs if self.device.type == "cuda" else False
+        self._captured: Optional[CapturedPotential] = None
+        self._calls_on_list = 0  # calls since the neighbour list was last rebuilt
+        self._previous_list_calls = _CAPTURE_AT_CALL_AFTER_SHORT_LIST  # the list before it
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -167,12 +190,41 @@ class EqGNNCalculator(Calculator):
         self._check_atoms(atoms)
         graph = AtomicGraph.from_atoms(atoms, dtype=self.dtype, device=self.device)
         builds = self.neighbors.builds
-        i, j, shifts = self.neighbors(graph.positions, graph.cell[0], graph.pbc[0], graph.numbers)
+        nl_args = (graph.positions, graph.cell[0], graph.pbc[0], graph.numbers)
+        i, j, shifts = self.neighbors(*nl_args, prune=not self.cuda_graphs)
+        rebuilt = self.neighbors.builds != builds
         graph.edge_index = torch.stack([i, j])
         graph.shifts = shifts
-        self._check_overlaps_since_rebuild(graph, rebuilt=self.neighbors.builds != builds)
-        out = self.model(graph, forces=True, stress=periodic3d)
+        self._check_overlaps_since_rebuild(graph, rebuilt)
+        out = self._replay(graph, rebuilt, periodic3d) if self.cuda_graphs else None
+        if out is None:
+            if self.cuda_graphs:  # the skin list, pruned to the cutoff for the eager model
+                i, j, shifts = self.neighbors(*nl_args)
+                graph.edge_index, graph.shifts = torch.stack([i, j]), shifts
+            out = self.model(graph, forces=True, stress=periodic3d)
         self.results = self._to_results(out, slice(None), 0, periodic3d)
+
+    def _replay(self, graph: AtomicGraph, rebuilt: bool, stress: bool):
+        """Results from the CUDA graph of the current neighbour list (captured at its second call),
+        or None where the eager model should run instead."""
+        if rebuilt:
+            self._captured = None  # frees the old graph's memory before a new capture
+            self._previous_list_calls, self._calls_on_list = self._calls_on_list, 0
+        self._calls_on_list += 1
+        if self._captured is None or self._captured.stress != stress:
+            capture_at = (_CAPTURE_AT_CALL if self._previous_list_calls >= _CAPTURE_AT_CALL_AFTER_SHORT_LIST
+                          else _CAPTURE_AT_CALL_AFTER_SHORT_LIST)
+            auto = self.cuda_graphs == "auto"
+            if graph.num_edges == 0 or (auto and (self._calls_on_list < capture_at
+                                                  or graph.num_edges > _GRAPH_MAX_PAIRS)):
+                return None
+            try:
+                self._captured = CapturedPotential(self.model, replace(graph), stress)
+            except RuntimeError as err:  # an operation the capture cannot record: stay eager
+                warnings.warn(f"CUDA graph capture failed, evaluating eagerly from now on ({err})")
+                self._captured, self.cuda_graphs = None, False
+                return None
+        return self._captured(graph.positions, graph.cell)
 
     @staticmethod
     def _to_results(out: Dict[str, torch.Tensor], atoms_slice, graph_index: int,

@@ -678,9 +678,14 @@ class VerletList:
         return bool(moved > (0.5 * self.skin) ** 2)
 
     def __call__(self, positions: torch.Tensor, cell=None, pbc=None, numbers=None,
-                 batch=None) -> Pairs:
+                 batch=None, prune: bool = True) -> Pairs:
         """Pairs within ``cutoff`` for ``positions`` [N, 3] (``cell``/``pbc``/``batch`` as in
-        :func:`batched_neighbor_list`; ``numbers`` only participates in the change test)."""
+        :func:`batched_neighbor_list`; ``numbers`` only participates in the change test).
+
+        ``prune=False`` returns the stored list itself: every pair within ``cutoff + skin`` at the
+        last build, a superset of the pairs within ``cutoff`` now, and the same tensors until the
+        next rebuild (for a model whose cutoff envelope zeroes the extra pairs, as a CUDA graph
+        needs fixed shapes)."""
         positions = _as_positions(positions)
         dev = positions.device
         # Compared as given; copied only when stored at a rebuild (the caller may reuse its arrays).
@@ -708,7 +713,7 @@ class VerletList:
             self._periodic = cell_t is not None and pbc_t is not None and bool(pbc_t.any())
             self.builds += 1
         i, j, s = self._pairs
-        if i.numel() == 0:
+        if i.numel() == 0 or not prune:
             return i, j, s
         pos = positions.detach()
         vec = pos[j] - pos[i]

@@ -230,3 +230,44 @@ def test_isolated_atom_and_empty_graph():
     e = atoms.get_potential_energy()
     assert np.isfinite(e)
     assert np.allclose(atoms.get_forces(), 0.0)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_unpruned_skin_list_gives_the_pruned_results(name):
+    """The CUDA-graph path evaluates the Verlet list as built (pairs up to cutoff + skin) on fixed
+    buffers; the envelope must make that equal to the pruned list. Run eagerly here (no GPU)."""
+    from dataclasses import replace
+
+    from ase_eqgnn.cuda_graphs import CapturedPotential
+    from ase_eqgnn.graph import AtomicGraph
+    from ase_eqgnn.neighbors import VerletList
+
+    model = make_model(name).double()
+    for atoms in (copper(), molecule("biphenyl")):
+        nl = VerletList(model.cutoff, skin=1.0)
+        graph = AtomicGraph.from_atoms(atoms)
+        args = (graph.positions, graph.cell[0], graph.pbc[0], graph.numbers)
+        i, j, s = nl(*args, prune=False)
+        stress = bool(atoms.pbc.all())
+        fixed = CapturedPotential(model, replace(graph, edge_index=torch.stack([i, j]), shifts=s),
+                                  stress, capture=False)
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            moved = graph.positions + torch.as_tensor(rng.normal(scale=0.1, size=(len(atoms), 3)))
+            pi, pj, ps = nl(moved, *args[1:])
+            assert nl.builds == 1 and pi.numel() < i.numel()  # same list; some pairs beyond cutoff
+            want = model(replace(graph, positions=moved, edge_index=torch.stack([pi, pj]), shifts=ps),
+                         stress=stress)
+            got = fixed(moved, graph.cell)
+            assert set(got) == set(want)
+            for key in want:
+                assert torch.allclose(got[key], want[key], rtol=1e-10, atol=1e-10), key
+
+
+def test_cuda_graph_options_are_checked():
+    model = make_model("painn")
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        EqGNNCalculator(model, cuda_graphs="always")
+    with pytest.raises(ValueError, match="needs device='cuda'"):
+        EqGNNCalculator(model, device="cpu", cuda_graphs=True)
+    assert EqGNNCalculator(model, device="cpu").cuda_graphs is False  # "auto" on a CPU: off

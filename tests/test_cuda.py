@@ -193,3 +193,40 @@ def test_training_on_cuda_saves_a_model_the_cpu_can_use(tmp_path):
     gpu = EqGNNCalculator(tmp_path / "again.pt", device="cuda", dtype="float64")
     assert np.allclose(cpu.get_forces(atoms), gpu.get_forces(atoms), atol=1e-10)
     assert keys.FORCES in cpu.results
+
+
+# ------------------------------------------------------------------------------------ CUDA graphs
+@pytest.mark.parametrize("name", ["egnn", "painn", "tp"])
+@pytest.mark.parametrize("system", ["Cu108", "water96"])
+def test_cuda_graph_replays_follow_the_eager_trajectory(name, system):
+    """MD through captured graphs (re-captured at every list rebuild) = MD through the eager model."""
+    runs = {}
+    for graphs in (True, False):
+        atoms = systems()[system]
+        calc = EqGNNCalculator(make_model(name), device="cuda", dtype="float64", skin=0.3,
+                               cuda_graphs=graphs)
+        atoms.calc = calc
+        MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(7))
+        VelocityVerlet(atoms, 1.0 * units.fs).run(40)
+        runs[graphs] = (atoms.positions.copy(), atoms.get_forces(), calc.neighbors.builds)
+        if graphs:
+            assert calc._captured is not None and calc._captured.cuda_graph is not None
+    assert np.abs(runs[True][0] - runs[False][0]).max() < 1e-9
+    assert np.abs(runs[True][1] - runs[False][1]).max() < 1e-8
+    assert runs[True][2] == runs[False][2] > 1  # captured again after rebuilds
+
+
+def test_cuda_graph_auto_captures_at_a_lists_second_call_in_float32():
+    atoms = systems()["Cu108"]
+    model = make_model("painn")
+    calc = EqGNNCalculator(model, device="cuda")  # cuda_graphs="auto"
+    eager = EqGNNCalculator(model, device="cuda", cuda_graphs=False)
+    rng = np.random.default_rng(8)
+    for call in range(4):
+        atoms.positions += rng.normal(scale=0.01, size=atoms.positions.shape)
+        calc.calculate(atoms, ["energy", "forces", "stress"])
+        eager.calculate(atoms, ["energy", "forces", "stress"])
+        assert (calc._captured is not None) == (call >= 1)
+        for key in ("energy", "forces", "stress"):
+            want, got = np.asarray(eager.results[key]), np.asarray(calc.results[key])
+            assert np.abs(got - want).max() <= 1e-4 * max(np.abs(want).max(), 1.0), key
