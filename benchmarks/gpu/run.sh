@@ -2,7 +2,10 @@
 # Everything the GPU machine checks and times, in one call (the device time is short: one script).
 #
 #   bash benchmarks/gpu/fetch_wheels.sh          # here, once: wheels the GPU machine lacks -> .whl/
-#   device run (carry .whl):  bash benchmarks/gpu/run.sh [SECONDS]
+#   device run (carry .whl):  bash benchmarks/gpu/run.sh [SECONDS] [STEPS]
+#
+# STEPS: comma list of tests,profile,calculator,neighbors (default all). Environment overrides:
+# TESTS (pytest paths, default tests/), TOOLS (calculator.py --tools), MD_BUDGET and CALL_BUDGET (s).
 #
 # Steps, each capped so the whole stays inside SECONDS (default 540); results land in $OUT:
 #   env.txt      GPU, driver, torch and e3nn versions
@@ -13,6 +16,8 @@
 #   nl.json/.txt     benchmarks/neighbors.py --device cuda
 set -u
 LIMIT=${1:-540}
+STEPS=${2:-tests,profile,calculator,neighbors}
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 T0=$(date +%s)
@@ -39,16 +44,22 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > /dev/
 cat "$OUT/env.txt"
 echo "installed after $(( $(date +%s) - T0 )) s"
 
-step tests 150 python3 -m pytest -q -n 12 -p no:cacheprovider tests/ > "$OUT/tests.log" 2>&1
-tail -25 "$OUT/tests.log"
-step profile 60 python3 benchmarks/gpu/profile_ours.py > "$OUT/profile.txt" 2>&1
-tail -40 "$OUT/profile.txt"
-COMMON=(--device cuda --threads 16 --repeats 15 --warmup 3 --md-steps 100 --call-budget-s 5
-        --md-budget-s 5 --order tool --timeout 150 --anchor-site /tmp/anchors)
-step calculator 330 python3 benchmarks/calculator.py "${COMMON[@]}" \
-    --tools ours-painn,ours-tp,schnetpack,nequip,mace --json "$OUT/calc.json" > "$OUT/calc.txt" 2>&1
-tail -30 "$OUT/calc.txt"
-step neighbors 90 python3 benchmarks/neighbors.py --device cuda --threads 16 --repeats 10 \
+if want tests; then
+    # shellcheck disable=SC2086
+    step tests 150 python3 -m pytest -q -n 12 -p no:cacheprovider ${TESTS:-tests/} > "$OUT/tests.log" 2>&1
+    tail -25 "$OUT/tests.log"
+fi
+if want profile; then
+    step profile 60 python3 benchmarks/gpu/profile_ours.py > "$OUT/profile.txt" 2>&1
+    grep -v USDT "$OUT/profile.txt" | tail -45
+fi
+COMMON=(--device cuda --threads 16 --repeats 15 --warmup 3 --md-steps 100
+        --call-budget-s "${CALL_BUDGET:-5}" --md-budget-s "${MD_BUDGET:-5}" --order tool --timeout 150
+        --anchor-site /tmp/anchors)
+want calculator && step calculator 330 python3 benchmarks/calculator.py "${COMMON[@]}" \
+    --tools "${TOOLS:-ours-painn,ours-tp,schnetpack,nequip,mace}" --json "$OUT/calc.json" > "$OUT/calc.txt" 2>&1
+want calculator && tail -32 "$OUT/calc.txt"
+want neighbors && step neighbors 90 python3 benchmarks/neighbors.py --device cuda --threads 16 --repeats 10 \
     --sizes 4000 32000 108000 864000 --skip ase,matscipy --json "$OUT/nl.json" > "$OUT/nl.txt" 2>&1
-cat "$OUT/nl.txt"
+want neighbors && cat "$OUT/nl.txt"
 echo "== all done after $(( $(date +%s) - T0 )) s"
