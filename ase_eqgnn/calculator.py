@@ -82,10 +82,11 @@ class EqGNNCalculator(Calculator):
     min_distance : two atoms closer than this (Å) are an error (overlapping atoms give meaningless
         energies rather than a clear failure otherwise).
     cuda_graphs : on a GPU, replay the model as a CUDA graph captured once per neighbour list
-        (:class:`~ase_eqgnn.cuda_graphs.CapturedPotential`): "auto" (default) for lists of up to
-        100,000 pairs, from a list's second call on (sixth after a short-lived list); True for
-        every list from its first call; False never. Small
-        systems are bound by kernel launches, which the replay removes; results are the same.
+        (:class:`~ase_eqgnn.cuda_graphs.CapturedPotential`): "auto" for lists of up to 100,000
+        pairs, from a list's second call on (sixth after a short-lived list); True for every list
+        from its first call; False (default) never. Small systems are bound by kernel launches,
+        which a replay removes. Experimental: off by default until its CUDA tests
+        (``tests/test_cuda.py``) have run on a GPU; on the CPU its fixed-list evaluation is tested.
 
     ``implemented_properties``: energy, free_energy, energies (per atom), forces, and stress when the
     cell is periodic in all three directions (otherwise asking for stress raises ASE's
@@ -96,7 +97,7 @@ class EqGNNCalculator(Calculator):
 
     def __init__(self, model: Union[str, os.PathLike, Potential], device="cpu", dtype="float32",
                  skin: float = 0.5, neighbor_backend: str = "auto", min_distance: float = 0.1,
-                 cuda_graphs="auto", **kwargs):
+                 cuda_graphs=False, **kwargs):
         super().__init__(**kwargs)
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype)

@@ -99,9 +99,13 @@ TOOLS = {
     "nequip": ("nequip", "nequip_tp.py", []),
     "mace": ("mace", "mace_model.py", []),
     "ours-egnn": (None, "ours.py", ["--model", "egnn"]),
+    # GPU only: EqGNNCalculator(cuda_graphs="auto"), replays of a captured CUDA graph
+    "ours-painn-graphs": (None, "ours.py", ["--model", "painn", "--cuda-graphs", "auto"]),
+    "ours-tp-graphs": (None, "ours.py", ["--model", "tp", "--cuda-graphs", "auto"]),
 }
 # (anchor, ours): ratio columns, anchor time / our time
-RATIOS = [("schnetpack", "ours-painn"), ("nequip", "ours-tp"), ("mace", "ours-tp")]
+RATIOS = [("schnetpack", "ours-painn"), ("nequip", "ours-tp"), ("mace", "ours-tp"),
+          ("schnetpack", "ours-painn-graphs"), ("nequip", "ours-tp-graphs")]
 SYSTEM_LABELS = {"Cu108": "Cu fcc 108 (pbc)", "Cu864": "Cu fcc 864 (pbc)",
                  "Cu6912": "Cu fcc 6,912 (pbc)", "Cu32000": "Cu fcc 32,000 (pbc)",
                  "biphenyl": "biphenyl 22", "water96": "water cluster 96"}
@@ -317,7 +321,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="Cu108 and biphenyl, 3 repeats, 10 MD steps: a smoke test")
     p.add_argument("--systems", default=None, help=f"comma list of {','.join(common.SYSTEM_NAMES)}")
-    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {','.join(TOOLS)}")
+    p.add_argument("--tools", default=None,
+                   help=f"comma list of {','.join(TOOLS)} (default: all; the -graphs ones on a GPU only)")
     p.add_argument("--md-steps", type=int, default=None, help="VelocityVerlet steps (default 100; 0 = no MD)")
     p.add_argument("--md-budget-s", type=float, default=0.0,
                    help="cap each tool's MD on each system to about this many seconds (fewer steps)")
@@ -354,7 +359,8 @@ def main(argv=None):
         args.repeats = 3 if args.quick else 10
     if args.md_steps is None:
         args.md_steps = 10 if args.quick else 100
-    tools = [t for t in args.tools.split(",") if t]
+    tools = ([t for t in args.tools.split(",") if t] if args.tools else
+             [t for t in TOOLS if args.device.startswith("cuda") or not t.endswith("-graphs")])
     for t in tools:
         if t not in TOOLS:
             p.error(f"unknown tool {t!r}; known: {', '.join(TOOLS)}")

@@ -270,4 +270,4 @@ def test_cuda_graph_options_are_checked():
         EqGNNCalculator(model, cuda_graphs="always")
     with pytest.raises(ValueError, match="needs device='cuda'"):
         EqGNNCalculator(model, device="cpu", cuda_graphs=True)
-    assert EqGNNCalculator(model, device="cpu").cuda_graphs is False  # "auto" on a CPU: off
+    assert EqGNNCalculator(model, device="cpu", cuda_graphs="auto").cuda_graphs is False  # no GPU

@@ -219,7 +219,7 @@ def test_cuda_graph_replays_follow_the_eager_trajectory(name, system):
 def test_cuda_graph_auto_captures_at_a_lists_second_call_in_float32():
     atoms = systems()["Cu108"]
     model = make_model("painn")
-    calc = EqGNNCalculator(model, device="cuda")  # cuda_graphs="auto"
+    calc = EqGNNCalculator(model, device="cuda", cuda_graphs="auto")
     eager = EqGNNCalculator(model, device="cuda", cuda_graphs=False)
     rng = np.random.default_rng(8)
     for call in range(4):

@@ -26,6 +26,8 @@ HPARAMS = {
 def main():
     p = common.worker_parser(__doc__)
     p.add_argument("--model", choices=sorted(HPARAMS), required=True)
+    p.add_argument("--cuda-graphs", choices=["off", "auto"], default="off",
+                   help="EqGNNCalculator(cuda_graphs=...): 'auto' replays captured CUDA graphs")
     args = p.parse_args()
     common.set_threads(args.threads)
     import torch
@@ -38,12 +40,15 @@ def main():
                         **HPARAMS[args.model])
 
     def make_calc():
-        return EqGNNCalculator(model, device=args.device, dtype="float32")
+        return EqGNNCalculator(model, device=args.device, dtype="float32",
+                               cuda_graphs=args.cuda_graphs == "auto" and "auto")
 
     hp = ", ".join(f"{k}={v}" for k, v in HPARAMS[args.model].items())
-    common.run_worker(args, f"ours-{args.model}", make_calc,
+    name = f"ours-{args.model}" + ("-graphs" if args.cuda_graphs == "auto" else "")
+    common.run_worker(args, name, make_calc,
                       common.package_versions("ase_eqgnn", "torch", "e3nn", "ase"), "float32",
-                      notes=[f"{args.model}: {hp}, cutoff {common.CUTOFF}"])
+                      notes=[f"{args.model}: {hp}, cutoff {common.CUTOFF}, cuda_graphs "
+                             f"{args.cuda_graphs}"])
 
 
 if __name__ == "__main__":

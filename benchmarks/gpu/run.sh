@@ -37,16 +37,19 @@ for a in schnetpack:spk nequip:nequip mace:mace; do
     [ -d ".whl/${a#*:}" ] && pipi --target "/tmp/anchors/${a%%:*}" .whl/"${a#*:}"/*.whl
 done
 export PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > /dev/null 2>&1 || echo "editable install failed (the console scripts are missing)"
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > /dev/null 2>&1 ||
+    echo "editable install failed (the console scripts are missing)"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, e3nn, ase; print('torch', torch.__version__, 'e3nn', e3nn.__version__, 'ase', ase.__version__, 'cuda', torch.version.cuda)"
+  python3 -c "import torch, e3nn, ase; print('torch', torch.__version__, 'e3nn', e3nn.__version__,
+                                              'ase', ase.__version__, 'cuda', torch.version.cuda)"
   nproc; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 echo "installed after $(( $(date +%s) - T0 )) s"
 
 if want tests; then
     # shellcheck disable=SC2086
-    step tests 150 python3 -m pytest -q -n 12 -p no:cacheprovider ${TESTS:-tests/} > "$OUT/tests.log" 2>&1
+    step tests 150 python3 -m pytest -q -n 12 -p no:cacheprovider ${TESTS:-tests/} \
+        > "$OUT/tests.log" 2>&1
     tail -25 "$OUT/tests.log"
 fi
 if want profile; then
@@ -57,7 +60,8 @@ COMMON=(--device cuda --threads 16 --repeats 15 --warmup 3 --md-steps 100
         --call-budget-s "${CALL_BUDGET:-5}" --md-budget-s "${MD_BUDGET:-5}" --order tool --timeout 150
         --anchor-site /tmp/anchors)
 want calculator && step calculator 330 python3 benchmarks/calculator.py "${COMMON[@]}" \
-    --tools "${TOOLS:-ours-painn,ours-tp,schnetpack,nequip,mace}" --json "$OUT/calc.json" > "$OUT/calc.txt" 2>&1
+    --tools "${TOOLS:-ours-painn,ours-painn-graphs,ours-tp,ours-tp-graphs,schnetpack,nequip,mace}" \
+    --json "$OUT/calc.json" > "$OUT/calc.txt" 2>&1
 want calculator && tail -32 "$OUT/calc.txt"
 want neighbors && step neighbors 90 python3 benchmarks/neighbors.py --device cuda --threads 16 --repeats 10 \
     --sizes 4000 32000 108000 864000 --skip ase,matscipy --json "$OUT/nl.json" > "$OUT/nl.txt" 2>&1
