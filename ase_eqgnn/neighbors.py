@@ -655,11 +655,13 @@ class VerletList:
         self.builds = 0
         self._ref = None  # (positions, cell, pbc, numbers, batch) at the last build
         self._pairs = None
+        self._offsets = None  # the stored pairs' S @ cell (fixed until a rebuild), in one dtype
 
     def reset(self) -> None:
         """Forget the stored list; the next call rebuilds."""
         self._ref = None
         self._pairs = None
+        self._offsets = None
 
     def _needs_rebuild(self, positions, cell, pbc, numbers, batch) -> bool:
         if self._ref is None:
@@ -707,7 +709,7 @@ class VerletList:
             else:
                 i, j, s = batched_neighbor_list(positions, self.cutoff + self.skin, batch_t, cell_t,
                                                 pbc_t)
-            self._pairs = (i, j, s)
+            self._pairs, self._offsets = (i, j, s), None
             self._ref = (positions.detach().clone(), cell_t, pbc_t, numbers_t, batch_t)
             # Without a periodic direction every shift is zero: the filter below can skip them.
             self._periodic = cell_t is not None and pbc_t is not None and bool(pbc_t.any())
@@ -716,14 +718,21 @@ class VerletList:
         if i.numel() == 0 or not prune:
             return i, j, s
         pos = positions.detach()
-        vec = pos[j] - pos[i]
+        vec = pos.index_select(0, j) - pos.index_select(0, i)
         if self._periodic:
-            c = cell_t.to(pos.dtype)
-            if c.ndim == 2:
-                vec = vec + s.to(pos.dtype) @ c
+            vec = vec + self._pair_offsets(pos.dtype)
+        keep = ((vec * vec).sum(-1) < self.cutoff * self.cutoff).nonzero().squeeze(1)
+        return i.index_select(0, keep), j.index_select(0, keep), s.index_select(0, keep)
+
+    def _pair_offsets(self, dtype: torch.dtype) -> torch.Tensor:
+        """S @ cell of the stored pairs [E, 3]: computed once per build (a new cell rebuilds)."""
+        if self._offsets is None or self._offsets.dtype != dtype:
+            i, _, s = self._pairs
+            _, cell, _, _, batch = self._ref
+            cell = cell.to(dtype)
+            if cell.ndim == 2:
+                self._offsets = s.to(dtype) @ cell
             else:
-                b = torch.zeros(pos.shape[0], dtype=torch.long, device=dev) if batch_t is None \
-                    else batch_t
-                vec = vec + torch.einsum("ek,ekl->el", s.to(pos.dtype), c[b[i]])
-        keep = (vec * vec).sum(-1) < self.cutoff * self.cutoff
-        return i[keep], j[keep], s[keep]
+                b = torch.zeros_like(i) if batch is None else batch.index_select(0, i)
+                self._offsets = torch.einsum("ek,ekl->el", s.to(dtype), cell.index_select(0, b))
+        return self._offsets
