@@ -97,7 +97,7 @@ class EqGNNCalculator(Calculator):
 
     def __init__(self, model: Union[str, os.PathLike, Potential], device="cpu", dtype="float32",
                  skin: float = 0.5, neighbor_backend: str = "auto", min_distance: float = 0.1,
-                 cuda_graphs=False, **kwargs):
+                 cuda_graphs: Union[bool, str] = False, **kwargs):
         super().__init__(**kwargs)
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype)
@@ -205,7 +205,8 @@ class EqGNNCalculator(Calculator):
             out = self.model(graph, forces=True, stress=periodic3d)
         self.results = self._to_results(out, slice(None), 0, periodic3d)
 
-    def _replay(self, graph: AtomicGraph, rebuilt: bool, stress: bool):
+    def _replay(self, graph: AtomicGraph, rebuilt: bool,
+                stress: bool) -> Optional[Dict[str, torch.Tensor]]:
         """Results from the CUDA graph of the current neighbour list (captured at its second call),
         or None where the eager model should run instead."""
         if rebuilt:
@@ -213,8 +214,8 @@ class EqGNNCalculator(Calculator):
             self._previous_list_calls, self._calls_on_list = self._calls_on_list, 0
         self._calls_on_list += 1
         if self._captured is None or self._captured.stress != stress:
-            capture_at = (_CAPTURE_AT_CALL if self._previous_list_calls >= _CAPTURE_AT_CALL_AFTER_SHORT_LIST
-                          else _CAPTURE_AT_CALL_AFTER_SHORT_LIST)
+            short_lived = self._previous_list_calls < _CAPTURE_AT_CALL_AFTER_SHORT_LIST
+            capture_at = _CAPTURE_AT_CALL_AFTER_SHORT_LIST if short_lived else _CAPTURE_AT_CALL
             auto = self.cuda_graphs == "auto"
             if graph.num_edges == 0 or (auto and (self._calls_on_list < capture_at
                                                   or graph.num_edges > _GRAPH_MAX_PAIRS)):
