@@ -13,7 +13,8 @@ at once. A graph replays fixed shapes on fixed buffers, so:
   are overwritten by the next replay (copy them out first);
 - the neighbour layouts (:func:`~ase_eqgnn.models.blocks.neighborhoods`) are built in an eager
   warm-up inside the same :func:`~ase_eqgnn.models.blocks.reuse_layouts` block, because building one
-  reads sizes back from the GPU, which a capture forbids.
+  reads sizes back from the GPU, which a capture forbids; they are kept with the graph, which reads
+  them at every replay.
 
 A new list (a rebuild, another cell or other atoms) needs a new capture (about three eager calls).
 
@@ -57,9 +58,11 @@ class CapturedPotential:
                              cell=graph.cell.detach().clone())
         self.cuda_graph = None
         self.out: Dict[str, torch.Tensor] = {}
+        self._layouts: dict = {}
         if not capture:
             return
-        with reuse_layouts():
+        # The layouts are built in the warm-up and read by every replay: they live as long as self.
+        with reuse_layouts() as self._layouts:
             side = torch.cuda.Stream(device=self.graph.positions.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):

@@ -493,8 +493,9 @@ def test_layouts_are_reused_only_inside_reuse_layouts():
 
     edge_index = torch.tensor([[0, 0, 1, 2], [1, 2, 0, 0]])
     assert neighborhoods(edge_index, 3) is not neighborhoods(edge_index, 3)
-    with reuse_layouts():
+    with reuse_layouts() as kept:
         first = neighborhoods(edge_index, 3, share_rows=True)
+        assert any(layout is first for _, layout in kept.values())  # the caller can keep them
         assert neighborhoods(edge_index, 3, share_rows=True) is first
         assert neighborhoods(edge_index.clone(), 3, share_rows=True) is not first  # another tensor
         assert neighborhoods(edge_index, 3) is not first  # other options

@@ -171,16 +171,19 @@ _LAYOUT_MEMO: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def reuse_layouts() -> Iterator[None]:
+def reuse_layouts() -> Iterator[dict]:
     """Inside this block, :func:`neighborhoods` builds each layout once per ``edge_index`` tensor.
 
     Building a layout reads sizes back from the device (host syncs), which a CUDA graph capture
     forbids: evaluating a model once inside the block and then capturing it in the same block makes
-    the capture reuse the layout. Outside a block nothing is kept.
+    the capture reuse the layout. Outside a block nothing is kept. The block yields the dict that
+    holds the layouts: a captured graph reads their tensors at every replay, so whoever keeps the
+    graph must keep the dict too (else their memory is freed and reused under the graph).
     """
-    token = _LAYOUT_MEMO.set({})
+    memo: dict = {}
+    token = _LAYOUT_MEMO.set(memo)
     try:
-        yield
+        yield memo
     finally:
         _LAYOUT_MEMO.reset(token)
 
