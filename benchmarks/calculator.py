@@ -56,7 +56,7 @@ mace-torch 0.3.16 wants e3nn 0.4.4, nequip 0.19.1 wants e3nn 0.6.0 -- hence thre
 
 Usage::
 
-    python benchmarks/calculator.py [--anchors-dir /work/anchors] [--repeats 10] [--quick]
+    python benchmarks/calculator.py [--anchors-dir /work/anchors] [--repeats 10] [--rounds 1] [--quick]
         [--systems Cu108,Cu864,biphenyl,water96] [--tools ours-painn,schnetpack,...]
         [--md-steps 100] [--md-budget-s 0] [--call-budget-s 0] [--json out.json] [--markdown]
 
@@ -80,6 +80,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,12 +139,12 @@ def _loadavg() -> Optional[float]:
 
 
 def run_tool(tool: str, python: str, systems: List[str], args, systems_file: str,
-             cache_dir: str) -> Dict:
+             cache_dir: str, repeats: int, md_steps: int) -> Dict:
     _, script, extra = TOOLS[tool]
     cmd = [python, os.path.join(WORKERS, script), *extra,
            "--systems-file", systems_file, "--systems", ",".join(systems),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--md-steps", str(args.md_steps), "--md-budget-s", str(args.md_budget_s),
+           "--repeats", str(repeats), "--warmup", str(args.warmup),
+           "--md-steps", str(md_steps), "--md-budget-s", str(args.md_budget_s),
            "--call-budget-s", str(args.call_budget_s),
            "--threads", str(args.threads), "--device", args.device, "--cache-dir", cache_dir]
     env = dict(os.environ)
@@ -192,11 +193,18 @@ def run_tool(tool: str, python: str, systems: List[str], args, systems_file: str
 
 
 def merge(into: Dict, payload: Dict) -> None:
-    """Collect per-system payloads of one tool into one record."""
+    """Collect per-system payloads of one tool into one record; the calls of several rounds of one
+    system are pooled (ms = median of all), its MD comes from the round that ran MD."""
     if not into:
         into.update({k: v for k, v in payload.items() if k not in ("results", "runs")})
         into["results"], into["runs"] = {}, []
-    into["results"].update(payload.get("results", {}))
+    for system, rec in payload.get("results", {}).items():
+        old = into["results"].get(system)
+        if old is None or old.get("ms") is None:
+            into["results"][system] = rec
+        elif rec.get("ms") is not None:
+            old["ms_all"] = old["ms_all"] + rec["ms_all"]
+            old["ms"] = statistics.median(old["ms_all"])
     into["runs"].extend(payload.get("runs", []))
     if payload.get("error"):
         into.setdefault("errors", []).append(payload["error"])
@@ -279,8 +287,11 @@ def format_markdown(report: Dict) -> str:
 def _footer(report: Dict) -> List[str]:
     device = report.get("device", "cpu")
     where = "CPU" if device == "cpu" else f"{device} ({report.get('gpu', 'GPU')})"
-    out = [f"float32, {where}, {report['threads']} CPU threads; median of {report['repeats']} calls after "
-           f"{report['warmup']} warm-up (fewer where --call-budget-s capped a slow tool); MD: "
+    rounds = report.get("rounds", 1)
+    pooled = f" pooled from {rounds} workers per tool taking turns," if rounds > 1 else ""
+    out = [f"float32, {where}, {report['threads']} CPU threads; median of {report['repeats']} calls"
+           f"{pooled} after {report['warmup']} warm-up each (fewer where --call-budget-s capped a "
+           f"slow tool); MD: "
            f"VelocityVerlet 1 fs, {report['md_steps']} steps"
            + (f" ('(N st)' = fewer, capped at about {report['md_budget_s']:g} s of MD per tool and "
               f"system)" if report["md_budget_s"] > 0 else "")
@@ -334,6 +345,10 @@ def main(argv=None):
     p.add_argument("--anchor-site", default=None,
                    help="instead of venvs: a folder holding schnetpack/, nequip/, mace/ made with "
                         "'pip install --target', run with this interpreter (the GPU machine)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="split each tool's timed calls on a system into this many workers, the tools "
+                        "taking turns, and pool them: a slow drift in machine load then hits every "
+                        "tool alike (MD runs in the first round only)")
     p.add_argument("--order", choices=["system", "tool"], default="system",
                    help="'system': one worker per (system, tool), interleaved (robust to load "
                         "changes); 'tool': one worker per tool for all systems (less start-up)")
@@ -382,7 +397,9 @@ def main(argv=None):
                                    if os.path.isdir(args.anchors_dir) else
                                    os.path.join(tempfile.gettempdir(), "eqgnn_bench_cache"))
     os.makedirs(cache_dir, exist_ok=True)
-    report = {"systems": systems, "tools_order": tools, "repeats": args.repeats,
+    rounds = max(1, args.rounds)
+    report = {"systems": systems, "tools_order": tools, "rounds": rounds,
+              "repeats": -(-args.repeats // rounds) * rounds,
               "warmup": args.warmup, "md_steps": args.md_steps, "md_budget_s": args.md_budget_s,
               "call_budget_s": args.call_budget_s, "threads": args.threads,
               "device": args.device, "gpu": _gpu_name(args.device),
@@ -393,11 +410,13 @@ def main(argv=None):
         systems_file = os.path.join(tmp, "systems.extxyz")
         common.write_systems(systems_file, systems)
         if args.order == "tool":
-            plan = [(t, systems) for t in run_tools]
+            plan = [(t, systems, r) for r in range(rounds) for t in run_tools]
         else:
-            plan = [(t, [s]) for s in systems for t in run_tools]
-        for t, sys_list in plan:
-            payload = run_tool(t, pythons[t], sys_list, args, systems_file, cache_dir)
+            plan = [(t, [s], r) for s in systems for r in range(rounds) for t in run_tools]
+        per_round = report["repeats"] // rounds
+        for t, sys_list, r in plan:
+            payload = run_tool(t, pythons[t], sys_list, args, systems_file, cache_dir,
+                               repeats=per_round, md_steps=args.md_steps if r == 0 else 0)
             merge(report["tools"].setdefault(t, {}), payload)
             if args.json:  # after every worker, so a run cut short keeps what it measured
                 with open(args.json, "w") as f:
