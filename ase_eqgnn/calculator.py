@@ -191,16 +191,18 @@ class EqGNNCalculator(Calculator):
         self._check_atoms(atoms)
         graph = AtomicGraph.from_atoms(atoms, dtype=self.dtype, device=self.device)
         builds = self.neighbors.builds
-        nl_args = (graph.positions, graph.cell[0], graph.pbc[0], graph.numbers)
-        i, j, shifts = self.neighbors(*nl_args, prune=not self.cuda_graphs)
+        # A CUDA graph evaluates the list as built (fixed shapes); the eager model its pairs within
+        # the cutoff.
+        i, j, shifts = self.neighbors(graph.positions, graph.cell[0], graph.pbc[0], graph.numbers,
+                                      prune=not self.cuda_graphs)
         rebuilt = self.neighbors.builds != builds
         graph.edge_index = torch.stack([i, j])
         graph.shifts = shifts
         self._check_overlaps_since_rebuild(graph, rebuilt)
         out = self._replay(graph, rebuilt, periodic3d) if self.cuda_graphs else None
         if out is None:
-            if self.cuda_graphs:  # the skin list, pruned to the cutoff for the eager model
-                i, j, shifts = self.neighbors(*nl_args)
+            if self.cuda_graphs:
+                i, j, shifts = self.neighbors.within_cutoff(graph.positions)
                 graph.edge_index, graph.shifts = torch.stack([i, j]), shifts
             out = self.model(graph, forces=True, stress=periodic3d)
         self.results = self._to_results(out, slice(None), 0, periodic3d)

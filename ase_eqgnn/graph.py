@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .neighbors import batched_neighbor_list
+from .neighbors import batched_neighbor_list, image_offsets
 
 
 @dataclass
@@ -138,9 +138,5 @@ def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tenso
     # gradient sorts the indices first (on an H200, PaiNN at 6,912 Cu atoms spent 54 of 70 ms there).
     vec = positions.index_select(0, j) - positions.index_select(0, i)
     if shifts.numel():
-        shifts = shifts.to(positions.dtype)
-        if cell.shape[0] == 1:  # one structure: one matmul, no per-edge copy of the cell
-            vec = vec + shifts @ cell[0]
-        else:
-            vec = vec + torch.einsum("ek,ekl->el", shifts, cell.index_select(0, batch.index_select(0, i)))
+        vec = vec + image_offsets(shifts, cell, None if cell.shape[0] == 1 else batch.index_select(0, i))
     return vec

@@ -539,6 +539,20 @@ def _screen_flat(s_cols, shift_cols, atom, table_row, starts, cnt, n_cand: int, 
     return rep.index_select(0, close), sj.index_select(0, close)
 
 
+def image_offsets(shifts: torch.Tensor, cell: torch.Tensor,
+                  pair_structure: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cartesian image offsets ``shifts @ cell`` of pairs, [E, 3] in ``cell``'s dtype.
+
+    ``cell`` is one cell [3, 3] (or [1, 3, 3]), or one per structure [B, 3, 3] with ``pair_structure``
+    [E] the structure of each pair. One structure is one matmul, with no per-pair copy of the cell.
+    Differentiable in ``cell``.
+    """
+    shifts = shifts.to(cell.dtype)
+    if cell.ndim == 2 or cell.shape[0] == 1:
+        return shifts @ cell.reshape(3, 3)
+    return torch.einsum("ek,ekl->el", shifts, cell.index_select(0, pair_structure))
+
+
 def neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
     """Neighbour list of one structure; see :func:`batched_neighbor_list` for the conventions.
 
@@ -714,25 +728,21 @@ class VerletList:
             # Without a periodic direction every shift is zero: the filter below can skip them.
             self._periodic = cell_t is not None and pbc_t is not None and bool(pbc_t.any())
             self.builds += 1
+        return self.within_cutoff(positions) if prune else self._pairs
+
+    def within_cutoff(self, positions: torch.Tensor) -> Pairs:
+        """The pairs of the stored list that are within ``cutoff`` at ``positions`` (no rebuild
+        check: call the list first)."""
         i, j, s = self._pairs
-        if i.numel() == 0 or not prune:
+        if i.numel() == 0:
             return i, j, s
-        pos = positions.detach()
+        pos = _as_positions(positions).detach()
         vec = pos.index_select(0, j) - pos.index_select(0, i)
         if self._periodic:
-            vec = vec + self._pair_offsets(pos.dtype)
+            if self._offsets is None or self._offsets.dtype != pos.dtype:  # once per build
+                _, cell, _, _, batch = self._ref
+                self._offsets = image_offsets(s, cell.to(pos.dtype),
+                                              None if batch is None else batch.index_select(0, i))
+            vec = vec + self._offsets
         keep = ((vec * vec).sum(-1) < self.cutoff * self.cutoff).nonzero().squeeze(1)
         return i.index_select(0, keep), j.index_select(0, keep), s.index_select(0, keep)
-
-    def _pair_offsets(self, dtype: torch.dtype) -> torch.Tensor:
-        """S @ cell of the stored pairs [E, 3]: computed once per build (a new cell rebuilds)."""
-        if self._offsets is None or self._offsets.dtype != dtype:
-            i, _, s = self._pairs
-            _, cell, _, _, batch = self._ref
-            cell = cell.to(dtype)
-            if cell.ndim == 2:
-                self._offsets = s.to(dtype) @ cell
-            else:
-                b = torch.zeros_like(i) if batch is None else batch.index_select(0, i)
-                self._offsets = torch.einsum("ek,ekl->el", s.to(dtype), cell.index_select(0, b))
-        return self._offsets
