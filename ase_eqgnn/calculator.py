@@ -19,7 +19,6 @@ import copy
 import math
 import os
 import warnings
-from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -223,7 +222,7 @@ class EqGNNCalculator(Calculator):
                                                   or graph.num_edges > _GRAPH_MAX_PAIRS)):
                 return None
             try:
-                self._captured = CapturedPotential(self.model, replace(graph), stress)
+                self._captured = CapturedPotential(self.model, graph, stress)
             except RuntimeError as err:  # an operation the capture cannot record: stay eager
                 warnings.warn(f"CUDA graph capture failed, evaluating eagerly from now on ({err})")
                 self._captured, self.cuda_graphs = None, False

@@ -41,7 +41,7 @@ def main():
 
     def make_calc():
         return EqGNNCalculator(model, device=args.device, dtype="float32",
-                               cuda_graphs=args.cuda_graphs == "auto" and "auto")
+                               cuda_graphs="auto" if args.cuda_graphs == "auto" else False)
 
     hp = ", ".join(f"{k}={v}" for k, v in HPARAMS[args.model].items())
     name = f"ours-{args.model}" + ("-graphs" if args.cuda_graphs == "auto" else "")
