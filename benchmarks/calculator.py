@@ -30,6 +30,11 @@ ours-egnn      ``build_model("egnn", features=128, layers=3)``             (no a
 
 Ratios are anchor time / our time, so > 1 means ours is faster (for MD: our steps/s / theirs).
 
+Freed memory (``--freed-memory``): EqGNNCalculator has glibc keep the memory torch frees for the next
+call (:mod:`ase_eqgnn.heap`); the anchors' calculators leave malloc as it is, so by default each
+tool runs as shipped. ``keep`` applies the same setting to every tool (the anchors gain from it too:
+SchNetPack's Cu864 call faulted ~950,000 fresh pages per call without it), ``return`` to none.
+
 Each tool runs in its own subprocess (``benchmarks/anchors/<tool>.py``, which prints one JSON line),
 ours with this interpreter and each anchor with the python of its own virtual environment under
 ``--anchors-dir``, one at a time, interleaved system by system (``--order system``) so that a change
@@ -146,7 +151,8 @@ def run_tool(tool: str, python: str, systems: List[str], args, systems_file: str
            "--repeats", str(repeats), "--warmup", str(args.warmup),
            "--md-steps", str(md_steps), "--md-budget-s", str(args.md_budget_s),
            "--call-budget-s", str(args.call_budget_s),
-           "--threads", str(args.threads), "--device", args.device, "--cache-dir", cache_dir]
+           "--threads", str(args.threads), "--device", args.device, "--cache-dir", cache_dir,
+           "--freed-memory", args.freed_memory]
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(args.threads)
@@ -289,7 +295,8 @@ def _footer(report: Dict) -> List[str]:
     where = "CPU" if device == "cpu" else f"{device} ({report.get('gpu', 'GPU')})"
     rounds = report.get("rounds", 1)
     pooled = f" pooled from {rounds} workers per tool taking turns," if rounds > 1 else ""
-    out = [f"float32, {where}, {report['threads']} CPU threads; median of {report['repeats']} calls"
+    out = [f"float32, {where}, {report['threads']} CPU threads, freed memory "
+           f"{report.get('freed_memory', 'as-shipped')}; median of {report['repeats']} calls"
            f"{pooled} after {report['warmup']} warm-up each (fewer where --call-budget-s capped a "
            f"slow tool); MD: "
            f"VelocityVerlet 1 fs, {report['md_steps']} steps"
@@ -341,6 +348,10 @@ def main(argv=None):
                    help="cap each tool's timed calls on each system to about this many seconds "
                         "(fewer repeats, at least 3)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--freed-memory", choices=common.FREED_MEMORY_MODES, default="as-shipped",
+                   help="glibc malloc keeps freed memory for reuse: 'as-shipped' (ours does, as "
+                        "EqGNNCalculator does by default; anchors do not), 'keep' (every tool) or "
+                        "'return' (no tool). See ase_eqgnn/heap.py")
     p.add_argument("--device", default="cpu", help="cpu or cuda, for every tool")
     p.add_argument("--anchor-site", default=None,
                    help="instead of venvs: a folder holding schnetpack/, nequip/, mace/ made with "
@@ -402,7 +413,7 @@ def main(argv=None):
               "repeats": -(-args.repeats // rounds) * rounds,
               "warmup": args.warmup, "md_steps": args.md_steps, "md_budget_s": args.md_budget_s,
               "call_budget_s": args.call_budget_s, "threads": args.threads,
-              "device": args.device, "gpu": _gpu_name(args.device),
+              "freed_memory": args.freed_memory, "device": args.device, "gpu": _gpu_name(args.device),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
               "load_start": _loadavg(), "skipped": skipped, "tools": {}}
     started = time.time()

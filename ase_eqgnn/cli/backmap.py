@@ -18,6 +18,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..heap import keep_freed_memory
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eqgnn-backmap", description=__doc__,
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # the command owns its process: reuse freed memory (ase_eqgnn.heap)
     try:
         from ..cg.backmap import BackMapper, read_cg, write_all_atom
         from ..cg.metrics import adjacency_from_bonds, bond_graph, clash_mask, has_clash

@@ -14,6 +14,8 @@ import math
 import sys
 from typing import List, Optional
 
+from ..heap import keep_freed_memory
+
 _UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å^3"}
 
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # the command owns its process: reuse freed memory (ase_eqgnn.heap)
     try:
         from ..pretrained import resolve_model
         from ..train.evaluate import evaluate_model

@@ -17,6 +17,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from ..heap import keep_freed_memory
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eqgnn-train-backmap", description=__doc__,
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # the command owns its process: reuse freed memory (ase_eqgnn.heap)
     try:
         from ..cg.train import train_backmap
 

@@ -212,13 +212,35 @@ def worker_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (each tool's calculator gets it)")
     p.add_argument("--cache-dir", default=None, help="where saved/compiled anchor models are kept")
+    p.add_argument("--freed-memory", choices=FREED_MEMORY_MODES, default="as-shipped",
+                   help="glibc malloc: 'as-shipped' (ours keeps freed memory, as EqGNNCalculator does "
+                        "by default; anchors as they come), 'keep' (every tool keeps it: "
+                        "ase_eqgnn/heap.py) or 'return' (no tool does)")
     return p
+
+
+FREED_MEMORY_MODES = ["as-shipped", "keep", "return"]
+
+
+def keep_freed_memory() -> bool:
+    """ase_eqgnn.heap.keep_freed_memory, loaded from its file (stdlib only), so anchors' venvs can run
+    it without our package."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "ase_eqgnn", "heap.py")
+    spec = importlib.util.spec_from_file_location("_eqgnn_heap", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.keep_freed_memory()
 
 
 def run_worker(args, tool: str, make_calc: Callable[[], object], versions: Dict[str, str],
                dtype: str, notes: List[str] = ()) -> None:
     """Time ``make_calc()`` on every requested system and print the tagged JSON line."""
     names = [s for s in args.systems.split(",") if s]
+    if args.freed_memory == "keep" and not keep_freed_memory():
+        notes = list(notes) + ["keep freed memory: not applied (not glibc)"]
+    notes = list(notes) + [f"freed memory: {args.freed_memory}"]
     systems = read_systems(args.systems_file) if args.systems_file else build_systems(names)
     results = {}
     for name in names:

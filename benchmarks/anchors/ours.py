@@ -41,7 +41,8 @@ def main():
 
     def make_calc():
         return EqGNNCalculator(model, device=args.device, dtype="float32",
-                               cuda_graphs="auto" if args.cuda_graphs == "auto" else False)
+                               cuda_graphs="auto" if args.cuda_graphs == "auto" else False,
+                               keep_freed_memory=args.freed_memory != "return")
 
     hp = ", ".join(f"{k}={v}" for k, v in HPARAMS[args.model].items())
     name = f"ours-{args.model}" + ("-graphs" if args.cuda_graphs == "auto" else "")
