@@ -25,7 +25,8 @@ def faults(n=8):
 before = faults()
 applied = keep_freed_memory()
 faults(1)  # the heap grows once
-print(before, applied, faults())
+# (the least of three: this VM's kernel reclaims idle pages now and then, which refault)
+print(before, applied, min(faults() for _ in range(3)))
 """
 
 

@@ -14,7 +14,6 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..heap import keep_freed_memory
 from ..train.config import add_config_arguments, config_from_args
 
 
@@ -32,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # the command owns its process: reuse freed memory (ase_eqgnn.heap)
     try:
         from ..train import train
 

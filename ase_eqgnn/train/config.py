@@ -81,6 +81,8 @@ class TrainConfig:
     valid_dtype: Optional[str] = _f(None, "precision of validation/test evaluation; None = dtype")
     num_workers: int = _f(0, "DataLoader worker processes")
     num_threads: Optional[int] = _f(None, "torch CPU threads for this process; None = leave as is")
+    keep_freed_memory: bool = _f(True, "on a CPU device, glibc keeps the memory torch frees for the "
+                                       "next step (ase_eqgnn.heap; process-wide): ~15 % faster here")
     progress: bool = _f(True, "tqdm progress bars")
 
     # ------------------------------------------------------------------ optimisation
@@ -161,6 +163,7 @@ class TrainConfig:
 #: Keys that may differ between the run that wrote ``last.pt`` and the one resuming from it.
 RESUME_MUTABLE_KEYS = frozenset({
     "max_epochs", "max_time", "patience", "device", "num_workers", "num_threads", "progress",
+    "keep_freed_memory",
     "test_data", "test_energies", "valid_batch_size", "valid_dtype",
 })
 

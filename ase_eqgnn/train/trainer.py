@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import heap
 from ..checkpoint import save_model
 from ..data.readers import Frame, read_dataset, split_dataset
 from ..models import build_model
@@ -137,6 +138,8 @@ class Trainer:
                              f"{self.dist.world_size}: every process needs a share of each batch")
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
+        if cfg.keep_freed_memory and self.device.type == "cpu":
+            heap.keep_freed_memory()
         self._log = log or (lambda msg: print(msg, flush=True))
         self.out = cfg.out
         self.dtype = _DTYPES[cfg.dtype]
