@@ -434,9 +434,10 @@ def assert_sums_like_a_scatter(nbh, i, j, n_nodes, gen):
 
 
 @pytest.mark.parametrize("variant, layout", [("painn", "shared"), ("tp", "shared"),
-                                             ("painn", "dense")])
+                                             ("painn", "dense"), ("painn", "lean")])
 def test_row_layouts_give_the_same_results(monkeypatch, variant, layout):
-    """Forces and the parameter gradient of a force loss (training) agree with one row per atom."""
+    """Forces and the parameter gradient of a force loss (training) agree with one row per atom
+    (and "lean": with the gathered copies kept for the backward pass)."""
     from ase_eqgnn.models import blocks
 
     rng = np.random.default_rng(5)
@@ -447,6 +448,7 @@ def test_row_layouts_give_the_same_results(monkeypatch, variant, layout):
     for on in (False, True):
         monkeypatch.setattr(blocks, "_MIN_SHARED_SAVING", 0.0 if on and layout == "shared" else 2.0)
         monkeypatch.setattr(blocks, "_DENSE_PADDING", 1e9 if on and layout == "dense" else 0.0)
+        monkeypatch.setattr(blocks, "LEAN_GATHER_BYTES", 0 if on and layout == "lean" else 2**62)
         model.zero_grad()
         out = model(graph_of(atoms, model), forces=True, create_graph=True)
         out[keys.FORCES].square().sum().backward()
@@ -456,6 +458,23 @@ def test_row_layouts_give_the_same_results(monkeypatch, variant, layout):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
     assert results[1][1].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("shape, w_shape", [((6,), (6,)), ((3, 4), (1, 4))])
+def test_lean_gather_product_has_exact_first_and_second_derivatives(monkeypatch, shape, w_shape):
+    from ase_eqgnn.models import blocks
+
+    gen = torch.Generator().manual_seed(1)
+    i = torch.tensor([0, 0, 1, 2, 2, 2, 4])
+    j = torch.tensor([1, 3, 0, 4, 1, 0, 2])
+    nbh = blocks.Neighborhoods(torch.stack([i, j]), 5)
+    x = torch.randn((5,) + shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn((nbh.n_rows, nbh.width) + w_shape, dtype=torch.float64, generator=gen,
+                    requires_grad=True)
+    monkeypatch.setattr(blocks, "LEAN_GATHER_BYTES", 0)
+    torch.testing.assert_close(nbh.gather_product(x, w), nbh.gather(x) * w)
+    assert torch.autograd.gradcheck(nbh.gather_product, (x, w), atol=1e-9, rtol=1e-7)
+    assert torch.autograd.gradgradcheck(nbh.gather_product, (x, w), atol=1e-9, rtol=1e-7)
 
 
 @pytest.fixture
