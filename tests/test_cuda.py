@@ -123,6 +123,22 @@ def test_calculator_on_cuda_matches_cpu(name, system):
             assert np.abs(got - want).max() <= rtol * scale, (dtype, key)
 
 
+def test_painn_regathering_in_the_backward_pass_on_cuda_matches_cpu(monkeypatch):
+    """Neighborhoods.gather_product's custom backward (large systems) on CUDA, forced on Cu108."""
+    from ase_eqgnn.models import blocks
+
+    monkeypatch.setattr(blocks, "LEAN_GATHER_BYTES", 0)
+    atoms = systems()["Cu108"]
+    model = make_model("painn")
+    ref = EqGNNCalculator(model, device="cpu", dtype="float64")
+    calc = EqGNNCalculator(model, device="cuda", dtype="float64")
+    for c in (ref, calc):
+        c.calculate(atoms, ["energy", "forces", "stress"])
+    for key in ("energy", "forces", "stress"):
+        want, got = np.asarray(ref.results[key]), np.asarray(calc.results[key])
+        assert np.abs(got - want).max() <= 1e-9 * max(np.abs(want).max(), 1.0), key
+
+
 def test_forces_on_cuda_are_minus_the_energy_gradient():
     atoms = systems()["Cu108"][:20]
     atoms.pbc = False
