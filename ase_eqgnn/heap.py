@@ -18,9 +18,9 @@ Cu864       359,000-362,000 -> 0-1,100   849-860 -> 336-494
 :func:`keep_freed_memory` sets two documented ``mallopt`` parameters: ``M_MMAP_MAX = 0`` (large
 requests come from the heap too) and ``M_TRIM_THRESHOLD = -1`` (the heap is never trimmed). Freed
 memory then stays with the process and is reused: its resident size stays at its peak, which is what
-an MD run or a relaxation wants. It changes the whole process, so it is a call you make (the
-calculator makes it for a CPU device unless told not to, and so do the ``eqgnn-*`` commands), never
-something done at import. Where the C library is not glibc (macOS, musl, Windows) it does nothing
+an MD run, a relaxation or training wants. It changes the whole process, so it is a call you make
+(``EqGNNCalculator`` and training make it for a CPU device unless told not to, and so do the
+``eqgnn-*`` commands), never something done at import. Where the C library is not glibc (macOS, musl, Windows) it does nothing
 and returns False.
 
 Example
