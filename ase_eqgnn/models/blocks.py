@@ -179,9 +179,9 @@ class Neighborhoods:
 
 
 # Gathered copies from this size on are gathered again in the backward pass rather than kept. For
-# PaiNN 128x3 on the CPU that keeps 39 % less for the backward pass and costs 7 % more time (Cu 864:
-# 525 -> 319 MiB, 319 -> 341 ms per call, A/B in one process): worth it only where memory runs short,
-# from about 4,000 atoms of Cu at 5 Å (32,000 atoms: 2 GiB per copy, two copies per block).
+# PaiNN 128x3 on the CPU that keeps 39 % less for the backward pass and costs about 5 % more time
+# (benchmarks/memory.py, Cu 6,912: 4,190 -> 2,536 MiB, 2,236 -> 2,342 ms): worth it only where memory
+# runs short, from about 4,000 atoms of Cu at 5 Å (32,000 atoms: 2 GiB per copy, two per block).
 LEAN_GATHER_BYTES = 256 * 2**20
 
 

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu/fetch_wheels.sh          # here, once: wheels the GPU machine lacks -> .whl/
 #   device run (carry .whl):  bash benchmarks/gpu/run.sh [SECONDS] [STEPS]
 #
-# STEPS: comma list of tests,profile,calculator,neighbors (default all). Environment overrides:
+# STEPS: comma list of tests,profile,calculator,memory,neighbors (default all). Environment overrides:
 # TESTS (pytest paths, default tests/), TOOLS (calculator.py --tools; MACE is left out by default:
 # it adds about 70 s and was never the fastest anchor on 2026-11-28), MD_BUDGET and CALL_BUDGET (s).
 # On an H200 the first full run took 400 s after a 30 s start (tests 56 s, profile 34 s, calculator
@@ -16,10 +16,11 @@
 #                training tests there run on CUDA through device "auto")
 #   profile.txt  where one call of ours goes on the GPU (benchmarks/gpu/profile_ours.py)
 #   calc.json/.txt   benchmarks/calculator.py --device cuda: ours and the anchors side by side
+#   memory.json/.txt benchmarks/memory.py --device cuda: peak memory with and without re-gathering
 #   nl.json/.txt     benchmarks/neighbors.py --device cuda
 set -u
 LIMIT=${1:-540}
-STEPS=${2:-tests,profile,calculator,neighbors}
+STEPS=${2:-tests,profile,calculator,memory,neighbors}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -66,6 +67,9 @@ want calculator && step calculator 330 python3 benchmarks/calculator.py "${COMMO
     --tools "${TOOLS:-ours-painn,ours-painn-graphs,ours-tp,ours-tp-graphs,schnetpack,nequip}" \
     --json "$OUT/calc.json" > "$OUT/calc.txt" 2>&1
 want calculator && tail -32 "$OUT/calc.txt"
+want memory && step memory 60 python3 benchmarks/memory.py --device cuda --threads 16 --sizes 6912 32000 \
+    --json "$OUT/memory.json" > "$OUT/memory.txt" 2>&1
+want memory && cat "$OUT/memory.txt"
 want neighbors && step neighbors 90 python3 benchmarks/neighbors.py --device cuda --threads 16 --repeats 10 \
     --sizes 4000 32000 108000 864000 --skip ase,matscipy --json "$OUT/nl.json" > "$OUT/nl.txt" 2>&1
 want neighbors && cat "$OUT/nl.txt"
