@@ -728,15 +728,19 @@ class VerletList:
             # Without a periodic direction every shift is zero: the filter below can skip them.
             self._periodic = cell_t is not None and pbc_t is not None and bool(pbc_t.any())
             self.builds += 1
-        return self.within_cutoff(positions) if prune else self._pairs
+        return self._prune(positions) if prune else self._pairs
 
     def within_cutoff(self, positions: torch.Tensor) -> Pairs:
         """The pairs of the stored list that are within ``cutoff`` at ``positions`` (no rebuild
         check: call the list first)."""
+        return self._prune(_as_positions(positions))
+
+    def _prune(self, positions: torch.Tensor) -> Pairs:
+        """:meth:`within_cutoff` for positions already checked by :func:`_as_positions`."""
         i, j, s = self._pairs
         if i.numel() == 0:
             return i, j, s
-        pos = _as_positions(positions).detach()
+        pos = positions.detach()
         vec = pos.index_select(0, j) - pos.index_select(0, i)
         if self._periodic:
             if self._offsets is None or self._offsets.dtype != pos.dtype:  # once per build

@@ -134,11 +134,9 @@ class Neighborhoods:
         Where the gathered copy would take at least :data:`LEAN_GATHER_BYTES`, the product keeps
         x [N, ...] for its backward pass and gathers it again there, instead of keeping the gathered
         [R, M, ...] copy as a plain product does (:class:`_GatherProduct`)."""
-        if self.dense:
-            return x.unsqueeze(0) * w
         per_row = x.numel() // max(x.shape[0], 1) * x.element_size()
-        if self.n_rows * self.width * per_row < LEAN_GATHER_BYTES:
-            return self.gather(x) * w
+        if self.dense or self.n_rows * self.width * per_row < LEAN_GATHER_BYTES:
+            return self.gather(x) * w  # (dense: the gather is a broadcast view, nothing to keep)
         return _GatherProduct.apply(x, self.neighbor, w, (self.n_rows, self.width))
 
     def _mask(self, dtype: torch.dtype) -> torch.Tensor:
