@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .indexing import gather_rows
 from .neighbors import batched_neighbor_list, image_offsets
 
 
@@ -136,7 +137,7 @@ def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tenso
     i, j = edge_index[0], edge_index[1]
     # index_select rather than positions[j]: its gradient is an index_add, where advanced indexing's
     # gradient sorts the indices first (on an H200, PaiNN at 6,912 Cu atoms spent 54 of 70 ms there).
-    vec = positions.index_select(0, j) - positions.index_select(0, i)
+    vec = gather_rows(positions, j) - gather_rows(positions, i)
     if shifts.numel():
         vec = vec + image_offsets(shifts, cell, None if cell.shape[0] == 1 else batch.index_select(0, i))
     return vec

@@ -26,6 +26,8 @@ nequip         NequIP 0.19.1 defaults (4 layers, l_max 1, 32 features),
 mace           mace-torch 0.3.16 ScaleShiftMACE 64x0e+64x1o, max_ell 3,
                correlation 3, 2 interactions, through ``MACECalculator``
 ours-egnn      ``build_model("egnn", features=128, layers=3)``             (no anchor)
+ours-*-compiled the same with ``EqGNNCalculator(compile=True)`` (torch.compile;  as the eager ones
+               the compile happens in the untimed warm-up call)
 ============== ============================================================ ==========================
 
 Ratios are anchor time / our time, so > 1 means ours is faster (for MD: our steps/s / theirs).
@@ -105,12 +107,17 @@ TOOLS = {
     "nequip": ("nequip", "nequip_tp.py", []),
     "mace": ("mace", "mace_model.py", []),
     "ours-egnn": (None, "ours.py", ["--model", "egnn"]),
+    # EqGNNCalculator(compile=True): torch.compile'd energy pass (the first call compiles, untimed)
+    "ours-painn-compiled": (None, "ours.py", ["--model", "painn", "--compile"]),
+    "ours-tp-compiled": (None, "ours.py", ["--model", "tp", "--compile"]),
+    "ours-egnn-compiled": (None, "ours.py", ["--model", "egnn", "--compile"]),
     # GPU only: EqGNNCalculator(cuda_graphs="auto"), replays of a captured CUDA graph
     "ours-painn-graphs": (None, "ours.py", ["--model", "painn", "--cuda-graphs", "auto"]),
     "ours-tp-graphs": (None, "ours.py", ["--model", "tp", "--cuda-graphs", "auto"]),
 }
 # (anchor, ours): ratio columns, anchor time / our time
 RATIOS = [("schnetpack", "ours-painn"), ("nequip", "ours-tp"), ("mace", "ours-tp"),
+          ("schnetpack", "ours-painn-compiled"), ("nequip", "ours-tp-compiled"),
           ("schnetpack", "ours-painn-graphs"), ("nequip", "ours-tp-graphs")]
 SYSTEM_LABELS = {"Cu108": "Cu fcc 108 (pbc)", "Cu864": "Cu fcc 864 (pbc)",
                  "Cu6912": "Cu fcc 6,912 (pbc)", "Cu32000": "Cu fcc 32,000 (pbc)",

@@ -139,6 +139,26 @@ def test_painn_regathering_in_the_backward_pass_on_cuda_matches_cpu(monkeypatch)
         assert np.abs(got - want).max() <= 1e-9 * max(np.abs(want).max(), 1.0), key
 
 
+@pytest.mark.parametrize("name", ["painn", "tp"])
+def test_compiled_calculator_on_cuda_matches_cpu(name):
+    """EqGNNCalculator(compile=True) on CUDA (Triton kernels) against the eager CPU results."""
+    import warnings
+
+    model = make_model(name)
+    for system in ("biphenyl", "Cu108"):
+        atoms = systems()[system]
+        properties = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
+        ref = EqGNNCalculator(model, device="cpu", dtype="float64")
+        calc = EqGNNCalculator(model, device="cuda", dtype="float64", compile=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="torch.compile failed")
+            for c in (ref, calc):
+                c.calculate(atoms, properties)
+        for key in properties:
+            want, got = np.asarray(ref.results[key]), np.asarray(calc.results[key])
+            assert np.abs(got - want).max() <= 1e-9 * max(np.abs(want).max(), 1.0), (system, key)
+
+
 def test_forces_on_cuda_are_minus_the_energy_gradient():
     atoms = systems()["Cu108"][:20]
     atoms.pbc = False

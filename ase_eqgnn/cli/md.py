@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default="md.png")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--compile", action="store_true",
+                   help="evaluate the model compiled by torch.compile: faster steps for long runs, "
+                        "after a first step that compiles (tens of seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the summary here as JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -50,7 +53,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     atoms = read(args.structure) if args.structure else load_structure(DEFAULT_STRUCTURE)
     calc = EqGNNCalculator(str(resolve_model(args.model, kind="potential")), device=args.device,
-                           dtype=args.dtype)
+                           dtype=args.dtype, compile=args.compile)
     print(f"{len(atoms)} atoms ({atoms.get_chemical_formula()}), model {args.model}, "
           f"{args.ensemble.upper()} at {args.temperature} K, {args.steps} steps of {args.timestep} fs")
     summary = run_md(atoms, calc, ensemble=args.ensemble, temperature_K=args.temperature,

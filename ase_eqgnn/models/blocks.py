@@ -37,13 +37,14 @@ from torch import nn
 
 from ase.data import chemical_symbols
 
+from ..indexing import gather_rows, scatter_rows
+
 _MAX_Z = len(chemical_symbols)  # 119: 0 (X) .. 118 (Og)
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Sum rows of ``src`` [E, ...] into ``dim_size`` rows by ``index`` [E] (int64): [dim_size, ...]."""
-    out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
-    return out.index_add_(0, index, src)
+    return scatter_rows(src, index, dim_size)
 
 
 class Neighborhoods:
@@ -126,7 +127,7 @@ class Neighborhoods:
         """Node tensor [N, ...] -> neighbours' values [R, M, ...] (differentiable)."""
         if self.dense:
             return x.unsqueeze(0)  # slot (i, j) holds atom j: broadcasts over the rows
-        return x.index_select(0, self.neighbor).view((self.n_rows, self.width) + tuple(x.shape[1:]))
+        return gather_rows(x, self.neighbor).view((self.n_rows, self.width) + tuple(x.shape[1:]))
 
     def gather_product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``gather(x) * w`` [R, M, ...], ``w`` broadcasting against the gathered values.
@@ -146,7 +147,7 @@ class Neighborhoods:
 
     def _to_atoms(self, y: torch.Tensor) -> torch.Tensor:
         """[R, 2, ...] per-row-owner results -> [N, ...] in atom order."""
-        return y.reshape((2 * self.n_rows,) + tuple(y.shape[2:])).index_select(0, self.out_index)
+        return gather_rows(y.reshape((2 * self.n_rows,) + tuple(y.shape[2:])), self.out_index)
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """Σ over each atom's slots: [R, M, ...] -> [N, ...]."""
@@ -195,7 +196,7 @@ class _GatherProduct(torch.autograd.Function):
     def forward(ctx, x, index, w, rows_width):
         ctx.save_for_backward(x, index, w)
         ctx.rows_width = rows_width
-        return x.index_select(0, index).view(rows_width + x.shape[1:]) * w
+        return gather_rows(x, index).view(rows_width + x.shape[1:]) * w
 
     @staticmethod
     def backward(ctx, grad):
@@ -203,9 +204,9 @@ class _GatherProduct(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             per_slot = (grad * w).reshape((index.numel(),) + x.shape[1:])
-            grad_x = x.new_zeros(x.shape).index_add(0, index, per_slot)
+            grad_x = scatter_rows(per_slot, index, x.shape[0])
         if ctx.needs_input_grad[2]:
-            gathered = x.index_select(0, index).view(ctx.rows_width + x.shape[1:])
+            gathered = gather_rows(x, index).view(ctx.rows_width + x.shape[1:])
             grad_w = (grad * gathered).sum_to_size(w.shape)
         return grad_x, None, grad_w, None
 

@@ -35,6 +35,7 @@ import math
 import torch
 from torch import nn
 
+from ..indexing import gather_rows, scatter_rows
 from .blocks import (BesselBasis, MLP, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
 
@@ -65,16 +66,16 @@ class EGNNLayer(nn.Module):
         self.phi_x = MLP([features, features, 1]) if coord_update else None
 
     def forward(self, h, radial, env, i, j):
-        hi = self.edge_src(h).index_select(0, i)
-        hj = self.edge_dst(h).index_select(0, j)
+        hi = gather_rows(self.edge_src(h), i)
+        hj = gather_rows(self.edge_dst(h), j)
         m = self.edge_out(hi + hj + self.edge_rad(radial)) * env.unsqueeze(-1)  # [E, F]
-        agg = h.new_zeros(h.shape[0], self.features).index_add_(0, i, m) * self.norm
+        agg = scatter_rows(m, i, h.shape[0]) * self.norm
         return h + self.phi_h(torch.cat([h, agg], dim=-1)), m
 
     def coordinate_shift(self, m, env, vec, i, n_nodes: int):
         """n Σ_j (x_i - x_j) φ_x(m_ij) f(r_ij) = -n Σ_j r_ij φ_x(m_ij) f(r_ij): [N, 3] Å."""
         w = self.phi_x(m) * env.unsqueeze(-1)  # [E, 1]; the envelope keeps it smooth at the cutoff
-        return -vec.new_zeros(n_nodes, 3).index_add_(0, i, vec * w) * self.norm
+        return -scatter_rows(vec * w, i, n_nodes) * self.norm
 
 
 class EGNN(nn.Module):
@@ -94,8 +95,12 @@ class EGNN(nn.Module):
         self.layers = nn.ModuleList(EGNNLayer(features, n_radial, norm, coord_update and k + 1 < layers)
                                     for k in range(layers))
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
-                edge_vec: torch.Tensor) -> torch.Tensor:
+    def layout(self, edge_index: torch.Tensor, n_nodes: int) -> None:
+        """EGNN works on the edge list itself (scatter sums): no neighbour layout."""
+        return None
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
+                layout: None = None) -> torch.Tensor:
         i, j = edge_index[0], edge_index[1]
         r0 = edge_lengths(edge_vec)
         env = self.envelope(r0)
@@ -106,7 +111,7 @@ class EGNN(nn.Module):
             h, m = layer(h, radial, env, i, j)
             if self.coord_update and k + 1 < len(self.layers):
                 d = layer.coordinate_shift(m, env, vec, i, h.shape[0])
-                vec = vec + d.index_select(0, j) - d.index_select(0, i)
+                vec = vec + gather_rows(d, j) - gather_rows(d, i)
                 radial = self.basis(edge_lengths(vec)) * env.unsqueeze(-1)
         return h
 

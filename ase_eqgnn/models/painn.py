@@ -38,6 +38,7 @@ Example
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -123,10 +124,14 @@ class PaiNN(nn.Module):
                                       for k in range(layers))
         self.updates = nn.ModuleList(PaiNNUpdate(features) for _ in range(layers))
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
-                edge_vec: torch.Tensor) -> torch.Tensor:
+    def layout(self, edge_index: torch.Tensor, n_nodes: int) -> Neighborhoods:
+        """The neighbour layout :meth:`forward` works on (built outside it: it reads sizes back)."""
+        return neighborhoods(edge_index, n_nodes, share_rows=True, dense=True)
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
+                layout: Optional[Neighborhoods] = None) -> torch.Tensor:
         r = edge_lengths(edge_vec)
-        nbh = neighborhoods(edge_index, species.shape[0], share_rows=True, dense=True)
+        nbh = self.layout(edge_index, species.shape[0]) if layout is None else layout
         unit_op = nbh.outer_operand(nbh.pad(edge_vec / r.unsqueeze(-1)))  # from [R, M, 3]
         radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))  # [R, M, n_radial]
         s = self.embedding(species)

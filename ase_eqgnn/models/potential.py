@@ -29,7 +29,7 @@ Example
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -44,8 +44,9 @@ class Potential(nn.Module):
 
     Parameters
     ----------
-    representation : module with ``out_features`` and ``forward(species [N], edge_index [2, E],
-        edge_vec [E, 3]) -> [N, out_features]`` (invariant features).
+    representation : module with ``out_features``, ``layout(edge_index, n_nodes)`` (its neighbour
+        layout, or None) and ``forward(species [N], edge_index [2, E], edge_vec [E, 3], layout)
+        -> [N, out_features]`` (invariant features).
     species : atomic numbers the model knows (sorted ints); ``E0[k]`` belongs to ``species[k]``.
     cutoff : neighbour cutoff in Å (graphs must be built with it).
     name, hparams : recorded in :attr:`config` so :func:`ase_eqgnn.models.build_model` rebuilds it.
@@ -93,8 +94,32 @@ class Potential(nn.Module):
         return f"name={self._name!r}, cutoff={self._cutoff}"
 
     # ---------------------------------------------------------------- evaluation
+    def atom_energies(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                      batch: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
+                      strain: Optional[torch.Tensor] = None, layout: Any = None) -> torch.Tensor:
+        """Per-atom energies E_i [N] (eV) of positions [N, 3] and cell [B, 3, 3] strained by ``strain``
+        [B, 3, 3] (or unstrained: None); ``layout``: the representation's neighbour layout for
+        ``edge_index`` (``self.representation.layout``), built beforehand.
+
+        Pure tensor code without reads back to the host, so ``torch.compile`` can compile it
+        whole: :meth:`forward` takes the compiled function as ``energy_fn``.
+        """
+        r, h = positions, cell
+        if strain is not None:
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            if cell.shape[0] == 1:  # (a per-atom gather of the strain has a slow GPU gradient)
+                r = positions + positions @ sym[0]
+            else:
+                r = positions + torch.einsum("ni,nij->nj", positions, sym.index_select(0, batch))
+            h = cell + torch.bmm(cell, sym)
+        vec = edge_vectors(r, h, batch, edge_index, shifts)
+        features = self.representation(species, edge_index, vec, layout)
+        e = self.head(features).squeeze(-1)
+        return self.scale * e + self.shift + self.E0[species]
+
     def forward(self, graph: AtomicGraph, forces: bool = True, stress: bool = False,
-                create_graph: bool = False) -> Dict[str, torch.Tensor]:
+                create_graph: bool = False,
+                energy_fn: Optional[Callable[..., torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Energies, and forces / stress when asked.
 
         Returns a dict with ``keys.ENERGY`` [B] eV, ``keys.ENERGIES`` [N] eV, and when asked
@@ -104,7 +129,8 @@ class Potential(nn.Module):
 
         Floating-point inputs are cast to the model's dtype. ``create_graph=True`` keeps the graph of
         the derivatives (training with a force loss). With ``create_graph=False`` and forces or stress
-        requested, the returned tensors are detached.
+        requested, the returned tensors are detached. ``energy_fn`` replaces :meth:`atom_energies`
+        (same arguments), e.g. ``torch.compile(model.atom_energies)``.
         """
         if graph.edge_index is None or graph.shifts is None:
             raise ValueError("the graph has no neighbour list: call graph.with_neighbors(model.cutoff)")
@@ -119,27 +145,19 @@ class Potential(nn.Module):
         n_graphs = cell.shape[0]
         derivatives = forces or stress
 
+        layout = self.representation.layout(edge_index, species.shape[0])
         with torch.set_grad_enabled(derivatives or torch.is_grad_enabled()):
             inputs = []
             if forces:
                 if not positions.requires_grad:
                     positions = positions.detach().requires_grad_(True)
                 inputs.append(positions)
-            r, h = positions, cell
+            strain = None
             if stress:
                 strain = torch.zeros(n_graphs, 3, 3, dtype=dtype, device=device, requires_grad=True)
                 inputs.append(strain)
-                sym = 0.5 * (strain + strain.transpose(1, 2))
-                if n_graphs == 1:  # (a per-atom gather of the strain has a slow GPU gradient)
-                    r = positions + positions @ sym[0]
-                else:
-                    r = positions + torch.einsum("ni,nij->nj", positions, sym.index_select(0, batch))
-                h = cell + torch.bmm(cell, sym)
-            vec = edge_vectors(r, h, batch, edge_index, shifts)
-
-            features = self.representation(species, edge_index, vec)
-            e = self.head(features).squeeze(-1)
-            energies = self.scale * e + self.shift + self.E0[species]
+            energies = (energy_fn or self.atom_energies)(species, positions, cell, batch, edge_index,
+                                                         shifts, strain, layout)
             energy = scatter_sum(energies, batch, n_graphs)
             out = {keys.ENERGY: energy, keys.ENERGIES: energies}
 

@@ -31,7 +31,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -211,10 +211,14 @@ class TensorProductNet(nn.Module):
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor,
-                edge_vec: torch.Tensor) -> torch.Tensor:
+    def layout(self, edge_index: torch.Tensor, n_nodes: int) -> Neighborhoods:
+        """The neighbour layout :meth:`forward` works on (built outside it: it reads sizes back)."""
+        return neighborhoods(edge_index, n_nodes, share_rows=True)
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
+                layout: Optional[Neighborhoods] = None) -> torch.Tensor:
         r = edge_lengths(edge_vec)
-        nbh = neighborhoods(edge_index, species.shape[0], share_rows=True)
+        nbh = self.layout(edge_index, species.shape[0]) if layout is None else layout
         sh = nbh.pad(self.sh(edge_vec))  # [R, M, dim_sh]
         # e(r) f(r): [R, M, n_radial], zero in empty slots
         radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))

@@ -28,6 +28,8 @@ def main():
     p.add_argument("--model", choices=sorted(HPARAMS), required=True)
     p.add_argument("--cuda-graphs", choices=["off", "auto"], default="off",
                    help="EqGNNCalculator(cuda_graphs=...): 'auto' replays captured CUDA graphs")
+    p.add_argument("--compile", action="store_true",
+                   help="EqGNNCalculator(compile=True): the energy pass compiled by torch.compile")
     args = p.parse_args()
     common.set_threads(args.threads)
     import torch
@@ -42,14 +44,15 @@ def main():
     def make_calc():
         return EqGNNCalculator(model, device=args.device, dtype="float32",
                                cuda_graphs="auto" if args.cuda_graphs == "auto" else False,
-                               keep_freed_memory=args.freed_memory != "return")
+                               keep_freed_memory=args.freed_memory != "return", compile=args.compile)
 
     hp = ", ".join(f"{k}={v}" for k, v in HPARAMS[args.model].items())
-    name = f"ours-{args.model}" + ("-graphs" if args.cuda_graphs == "auto" else "")
+    name = (f"ours-{args.model}" + ("-graphs" if args.cuda_graphs == "auto" else "")
+            + ("-compiled" if args.compile else ""))
     common.run_worker(args, name, make_calc,
                       common.package_versions("ase_eqgnn", "torch", "e3nn", "ase"), "float32",
                       notes=[f"{args.model}: {hp}, cutoff {common.CUTOFF}, cuda_graphs "
-                             f"{args.cuda_graphs}"])
+                             f"{args.cuda_graphs}, compile {args.compile}"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""`CompiledEnergies`: a potential's energy pass compiled by ``torch.compile`` (TorchInductor).
+
+Why: a small molecule's call is bound by per-operation overhead, not arithmetic (PaiNN 128x3 on
+biphenyl, 22 atoms: ~550 tensor operations per energy+forces call). Inductor fuses the elementwise
+work of :meth:`~ase_eqgnn.models.potential.Potential.atom_energies` and of its backward pass into
+generated C++ (CPU) or Triton (GPU) kernels. On the 2-core CPU (``benchmarks/calculator.py
+--compile``) that made a biphenyl call about twice as fast for PaiNN and ``tp``; on periodic Cu
+and the 96-atom water cluster it gained nothing or lost (its gather gradients, scatters with atomic
+adds, run slower than ATen's), hence opt-in, for long MD of small molecules.
+
+What it costs: the first call compiles (tens of seconds on 2 cores; Inductor caches the result on
+disk, so a later process with the same model takes a few seconds). The numbers of atoms and pairs
+are declared dynamic, so MD does not recompile as they change; another neighbour layout (a molecule
+that stops being "dense", see :class:`~ase_eqgnn.models.blocks.Neighborhoods`), a first stress
+call, or a layout width that changes for the first time compiles once more. Only the first
+derivative goes through the compiled code: training with a force loss (second derivatives)
+evaluates eagerly.
+
+The neighbour layout is built outside the compiled function (it reads sizes back to the host), by
+:meth:`Potential.forward`, which takes this object as ``energy_fn``.
+
+Example
+-------
+>>> from ase_eqgnn.models import build_model
+>>> model = build_model("painn", species=[1, 6], cutoff=4.0, features=8, layers=1)
+>>> energies = CompiledEnergies(model)   # compiles at its first call
+>>> # out = model(graph, forces=True, energy_fn=energies)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from .models.potential import Potential
+
+
+class CompiledEnergies:
+    """``torch.compile(model.atom_energies)``, called like :meth:`Potential.atom_energies`."""
+
+    def __init__(self, model: Potential):
+        self.model = model
+        self._fn = torch.compile(model.atom_energies)
+
+    def __call__(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                 batch: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
+                 strain: Optional[torch.Tensor] = None, layout: Any = None) -> torch.Tensor:
+        # The numbers of atoms and pairs, and the layout's sizes, change from call to call in MD:
+        # declared dynamic, they do not recompile the function (which would take seconds each).
+        for tensor in (species, positions, batch, shifts):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        torch._dynamo.maybe_mark_dynamic(edge_index, 1)
+        for value in vars(layout).values() if layout is not None else ():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                torch._dynamo.maybe_mark_dynamic(value, 0)
+        return self._fn(species, positions, cell, batch, edge_index, shifts, strain, layout)
+
+
+__all__ = ["CompiledEnergies"]
