@@ -52,8 +52,9 @@ class CompiledEnergies:
             torch._dynamo.maybe_mark_dynamic(tensor, 0)
         torch._dynamo.maybe_mark_dynamic(edge_index, 1)
         for value in vars(layout).values() if layout is not None else ():
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                torch._dynamo.maybe_mark_dynamic(value, 0)
+            if isinstance(value, torch.Tensor):
+                for dim in range(min(value.dim(), 2)):  # (a padded layout's R and M: its _sizes)
+                    torch._dynamo.maybe_mark_dynamic(value, dim)
         return self._fn(species, positions, cell, batch, edge_index, shifts, strain, layout)
 
 

@@ -78,14 +78,15 @@ class Neighborhoods:
         device = i.device
         deg = torch.bincount(i, minlength=n_nodes)
         self.n_nodes = n_nodes
-        self.width = int(deg.max()) if n_edges else 0  # M (one host sync)
-        self.n_rows = n_nodes
+        width = int(deg.max()) if n_edges else 0  # M (one host sync)
+        n_rows = n_nodes
         self.owners = None  # [R, 2, M] 0/1 masks of each row's two atoms; None: row r is atom r
         self.dense = False
-        if dense and n_edges and n_nodes * n_nodes <= _DENSE_PADDING * n_nodes * self.width:
+        if dense and n_edges and n_nodes * n_nodes <= _DENSE_PADDING * n_nodes * width:
             flat = i * n_nodes + j
             if int(torch.bincount(flat).max()) == 1:  # each (i, j) at most once (no periodic images)
-                self.dense, self.width, self.flat = True, n_nodes, flat
+                self.dense, self.flat = True, flat
+                self._sizes = torch.empty((n_nodes, n_nodes, 0), device=device)
                 return
         order = torch.argsort(i, stable=True)
         i_sorted = i[order]
@@ -95,22 +96,35 @@ class Neighborhoods:
         if share_rows and n_edges:
             pairing = _pair_rows(deg)
             if pairing is not None:
-                row_of, first_column, owner_of, self.n_rows, self.width = pairing
+                row_of, first_column, owner_of, n_rows, width = pairing
                 row = row_of[i_sorted]
                 column = first_column[i_sorted] + slot
                 # atom a's sums come out at row 2 * row_of[a] + owner_of[a] of the [2R, ...] results
                 self.out_index = 2 * row_of + owner_of
-                m = torch.arange(self.width, device=device)
-                lo = first_column.new_zeros(self.n_rows, 2)
-                hi = first_column.new_zeros(self.n_rows, 2)
+                m = torch.arange(width, device=device)
+                lo = first_column.new_zeros(n_rows, 2)
+                hi = first_column.new_zeros(n_rows, 2)
                 lo[row_of, owner_of] = first_column
                 hi[row_of, owner_of] = first_column + deg
                 self.owners = (m >= lo[:, :, None]) & (m < hi[:, :, None])  # [R, 2, M]
                 self._masks = {}  # owners as 0/1 floats, per dtype
+        # R and M as the shape of an empty tensor rather than as ints: torch.compile can then treat
+        # them as dynamic sizes (ints it would specialise, recompiling when M changes in MD).
+        self._sizes = torch.empty((n_rows, width, 0), device=device)
         self.flat = torch.empty_like(i)
-        self.flat[order] = row * self.width + column  # edge -> slot of the [R * M] layout
-        self.neighbor = torch.zeros(self.n_rows * self.width, dtype=torch.long, device=device)
+        self.flat[order] = row * width + column  # edge -> slot of the [R * M] layout
+        self.neighbor = torch.zeros(n_rows * width, dtype=torch.long, device=device)
         self.neighbor[self.flat] = j  # slot -> neighbour atom j (0 in empty slots)
+
+    @property
+    def n_rows(self) -> int:
+        """R, the number of rows."""
+        return self._sizes.shape[0]
+
+    @property
+    def width(self) -> int:
+        """M, the slots per row."""
+        return self._sizes.shape[1]
 
     @property
     def shared(self) -> bool:
