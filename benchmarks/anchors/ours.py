@@ -52,7 +52,11 @@ def main():
     common.run_worker(args, name, make_calc,
                       common.package_versions("ase_eqgnn", "torch", "e3nn", "ase"), "float32",
                       notes=[f"{args.model}: {hp}, cutoff {common.CUTOFF}, cuda_graphs "
-                             f"{args.cuda_graphs}, compile {args.compile}"])
+                             f"{args.cuda_graphs}, compile {args.compile}"]
+                      # compiled: a molecule's first steps may switch neighbour layout (one more
+                      # compile), which the untimed warm-up should absorb, as in a long run
+                      + (["MD after 20 untimed steps"] if args.compile else []),
+                      md_warmup_steps=20 if args.compile else 1)
 
 
 if __name__ == "__main__":
