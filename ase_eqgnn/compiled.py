@@ -3,10 +3,11 @@
 Why: a small molecule's call is bound by per-operation overhead, not arithmetic (PaiNN 128x3 on
 biphenyl, 22 atoms: ~550 tensor operations per energy+forces call). Inductor fuses the elementwise
 work of :meth:`~ase_eqgnn.models.potential.Potential.atom_energies` and of its backward pass into
-generated C++ (CPU) or Triton (GPU) kernels. On the 2-core CPU (``benchmarks/calculator.py
---compile``) that made a biphenyl call about twice as fast for PaiNN and ``tp``; on periodic Cu
-and the 96-atom water cluster it gained nothing or lost (its gather gradients, scatters with atomic
-adds, run slower than ATen's), hence opt-in, for long MD of small molecules.
+generated C++ (CPU) or Triton (GPU) kernels. On the 2-core CPU (A/B in one process, and the
+``ours-*-compiled`` workers of ``benchmarks/calculator.py``) PaiNN calls took 0.55-0.8x and ``tp``
+calls 0.23-0.5x the eager time on biphenyl, a 96-atom water cluster and 108 Cu atoms; at 864 Cu
+atoms, where arithmetic and memory traffic dominate, nothing was gained. Opt-in: the compile costs
+more than a short run saves.
 
 What it costs: the first call compiles (tens of seconds on 2 cores; Inductor caches the result on
 disk, so a later process with the same model takes a few seconds). The numbers of atoms and pairs

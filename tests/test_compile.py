@@ -16,6 +16,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
 from ase_eqgnn import EqGNNCalculator
+from ase_eqgnn.graph import AtomicGraph
 from ase_eqgnn.indexing import gather_rows, scatter_rows
 
 from test_calculator import copper, make_model
@@ -41,18 +42,38 @@ def assert_same(a, b, rtol=1e-9):
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=1e-10, err_msg=key)
 
 
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def check_compiled_matches_eager(name, systems):
     model = make_model(name, cutoff=4.0)
     eager = EqGNNCalculator(model, dtype="float64")
     compiled = EqGNNCalculator(model, dtype="float64", compile=True)
+    widths_changed = []
     for atoms, properties in systems:
         rng = np.random.default_rng(0)
-        for _ in range(2):  # a second geometry: other pair counts go through the same graph kind
-            atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        previous = None
+        for step in range(3):
+            # later geometries change the numbers of pairs and the most neighbours of an atom
+            # (the padded layout's width), which must not compile the function again
+            graphs = compiled_graphs()
+            atoms.positions += rng.normal(0.0, 0.15, atoms.positions.shape)
             with no_fallback():
                 got = results(compiled, atoms, properties)
             assert_same(got, results(eager, atoms, properties))
+            layout = model.representation.layout(
+                AtomicGraph.from_atoms(atoms).with_neighbors(model.cutoff).edge_index, len(atoms))
+            shape = None if layout is None else (layout.dense, layout.shared, layout.width)
+            if step > 0 and (shape is None or shape[:2] == previous[:2]):  # the same layout kind
+                assert compiled_graphs() == graphs, "recompiled for new sizes"
+                if shape is not None:
+                    widths_changed.append(shape[2] != previous[2])
+            previous = shape
     assert compiled._energy_fn is not None  # still compiled: nothing fell back to eager
+    assert not widths_changed or any(widths_changed), "no width change was tested"
 
 
 @contextlib.contextmanager
@@ -133,3 +154,20 @@ def test_row_operators_give_eager_values_and_gradients_when_compiled():
 
     torch.library.opcheck(_gather_rows_op, (x, gather_index))
     torch.library.opcheck(_scatter_rows_op, (w.requires_grad_(), scatter_index, 4))
+
+
+@pytest.mark.slow
+def test_eqgnn_md_compile_gives_the_eager_trajectory(tmp_path, monkeypatch):
+    """``eqgnn-md --compile`` on the bundled alanine dipeptide: same frames as without it."""
+    from ase.io import read
+
+    from ase_eqgnn.cli import md as md_cli
+
+    monkeypatch.chdir(tmp_path)
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        assert md_cli.main(["--steps", "20", "--interval", "10", "--dtype", "float64", "--no-progress",
+                            "--traj", f"{name}.traj", "--log", f"{name}.csv", "--plot", f"{name}.png"]
+                           + extra) == 0
+    eager, compiled = read("eager.traj", ":"), read("compiled.traj", ":")
+    assert len(eager) == len(compiled) == 3
+    np.testing.assert_allclose(compiled[-1].positions, eager[-1].positions, rtol=0, atol=1e-8)

@@ -166,8 +166,8 @@ def md_steps_for(ms_per_call: float, requested: int, budget_s: float, minimum: i
     return max(minimum, min(requested, int(1e3 * budget_s / ms_per_call)))
 
 
-def time_md(atoms, calc, steps: int, seed: int = 1, warmup_steps: int = 1):
-    """VelocityVerlet NVE: (steps/s, steps done, error or None), after ``warmup_steps`` untimed steps.
+def time_md(atoms, calc, steps: int, seed: int = 1):
+    """VelocityVerlet NVE: (steps/s, steps done, error or None), after one untimed step.
 
     The models are randomly initialised, so a trajectory can blow up (atoms driven onto each other,
     which a calculator rightly refuses). Steps are timed one by one; if a step fails after at least
@@ -181,7 +181,7 @@ def time_md(atoms, calc, steps: int, seed: int = 1, warmup_steps: int = 1):
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=MD_TEMPERATURE_K, rng=np.random.default_rng(seed))
     dyn = VelocityVerlet(atoms, timestep=MD_TIMESTEP_FS * units.fs)
-    dyn.run(warmup_steps)  # warm-up; leaves the forces of the current positions cached
+    dyn.run(1)  # warm-up; leaves the forces of the current positions cached
     done, elapsed, error = 0, 0.0, None
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -235,8 +235,13 @@ def keep_freed_memory() -> bool:
 
 
 def run_worker(args, tool: str, make_calc: Callable[[], object], versions: Dict[str, str],
-               dtype: str, notes: List[str] = (), md_warmup_steps: int = 1) -> None:
-    """Time ``make_calc()`` on every requested system and print the tagged JSON line."""
+               dtype: str, notes: List[str] = (), md_rehearsal: bool = False) -> None:
+    """Time ``make_calc()`` on every requested system and print the tagged JSON line.
+
+    ``md_rehearsal``: run the MD once untimed before the timed run, with the same calculator, start
+    and velocities (so the same trajectory): what a calculator does once per run (compiling) is then
+    left out, as a long run would amortise it.
+    """
     names = [s for s in args.systems.split(",") if s]
     if args.freed_memory == "keep" and not keep_freed_memory():
         notes = list(notes) + ["keep freed memory: not applied (not glibc)"]
@@ -260,8 +265,10 @@ def run_worker(args, tool: str, make_calc: Callable[[], object], versions: Dict[
             r["ms"] = statistics.median(times)
             if args.md_steps > 0:
                 steps = md_steps_for(r["ms"], args.md_steps, args.md_budget_s)
-                r["md_steps_per_s"], r["md_steps"], r["md_note"] = time_md(atoms, make_calc(), steps,
-                                                                         warmup_steps=md_warmup_steps)
+                calc = make_calc()
+                if md_rehearsal:
+                    time_md(atoms, calc, steps)
+                r["md_steps_per_s"], r["md_steps"], r["md_note"] = time_md(atoms, calc, steps)
         except Exception as exc:  # report, keep going with the other systems
             r["error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(file=sys.stderr)
