@@ -35,9 +35,13 @@ def _gather_rows_op(x: Tensor, index: Tensor) -> Tensor:
     return x.index_select(0, index)
 
 
+def _scatter_add(src: Tensor, index: Tensor, n: int) -> Tensor:
+    return src.new_zeros((n,) + tuple(src.shape[1:])).index_add_(0, index, src)
+
+
 @torch.library.custom_op("ase_eqgnn::scatter_rows", mutates_args=())
 def _scatter_rows_op(src: Tensor, index: Tensor, n: int) -> Tensor:
-    return src.new_zeros((n,) + tuple(src.shape[1:])).index_add_(0, index, src)
+    return _scatter_add(src, index, n)
 
 
 @_gather_rows_op.register_fake
@@ -85,7 +89,7 @@ def scatter_rows(src: Tensor, index: Tensor, n: int) -> Tensor:
     """Rows of ``src`` [E, ...] summed into ``n`` rows by ``index`` [E]: [n, ...] (differentiable)."""
     if torch.compiler.is_compiling():
         return _scatter_rows_op(src, index, n)
-    return src.new_zeros((n,) + tuple(src.shape[1:])).index_add_(0, index, src)
+    return _scatter_add(src, index, n)
 
 
 __all__ = ["gather_rows", "scatter_rows"]

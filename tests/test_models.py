@@ -421,16 +421,16 @@ def test_shared_rows_sum_like_a_scatter(always_share, n_nodes):
 
 def assert_sums_like_a_scatter(nbh, i, j, n_nodes, gen):
     """nbh's neighbour sums (plain, of gathered node values, of outer products) = scatter sums."""
-    from ase_eqgnn.models.blocks import scatter_sum
+    from ase_eqgnn.indexing import scatter_rows
 
     x = torch.randn(i.numel(), 4, dtype=torch.float64, generator=gen)
     y = torch.randn(n_nodes, 3, 4, dtype=torch.float64, generator=gen)
     u = torch.randn(i.numel(), 3, dtype=torch.float64, generator=gen)
-    torch.testing.assert_close(nbh.sum(nbh.pad(x)), scatter_sum(x, i, n_nodes))
+    torch.testing.assert_close(nbh.sum(nbh.pad(x)), scatter_rows(x, i, n_nodes))
     torch.testing.assert_close(nbh.sum(nbh.pad(x)[:, :, None, :] * nbh.gather(y)),
-                               scatter_sum(x[:, None, :] * y[j], i, n_nodes))
+                               scatter_rows(x[:, None, :] * y[j], i, n_nodes))
     torch.testing.assert_close(nbh.sum_outer(nbh.outer_operand(nbh.pad(u)), nbh.pad(x)),
-                               scatter_sum(u[:, :, None] * x[:, None, :], i, n_nodes))
+                               scatter_rows(u[:, :, None] * x[:, None, :], i, n_nodes))
 
 
 @pytest.mark.parametrize("variant, layout", [("painn", "shared"), ("tp", "shared"),

@@ -11,7 +11,6 @@ block                  maths
 :class:`SpeciesEmbedding`
                        species index -> learnable vector                                  [N, F]
 :class:`MLP`           Linear -> SiLU -> ... -> Linear
-:func:`scatter_sum`    out[k] = sum_{e : index[e] = k} src[e]     (``index_add_``, no torch_scatter)
 :class:`Neighborhoods` edges regrouped per centre atom in a padded [N, M] layout
 =====================  ==========================================================================
 
@@ -40,11 +39,6 @@ from ase.data import chemical_symbols
 from ..indexing import gather_rows, scatter_rows
 
 _MAX_Z = len(chemical_symbols)  # 119: 0 (X) .. 118 (Og)
-
-
-def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-    """Sum rows of ``src`` [E, ...] into ``dim_size`` rows by ``index`` [E] (int64): [dim_size, ...]."""
-    return scatter_rows(src, index, dim_size)
 
 
 class Neighborhoods:
@@ -475,6 +469,6 @@ def edge_lengths(edge_vec: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "Neighborhoods", "neighborhoods", "reuse_layouts", "BesselBasis", "PolynomialCutoff",
-    "SpeciesIndex", "SpeciesEmbedding", "MLP", "scatter_sum",
+    "SpeciesIndex", "SpeciesEmbedding", "MLP",
     "normalize_species", "check_positive_int", "check_positive_float", "edge_lengths",
 ]

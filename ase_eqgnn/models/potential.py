@@ -36,7 +36,8 @@ from torch import nn
 
 from .. import keys
 from ..graph import AtomicGraph, edge_vectors
-from .blocks import MLP, SpeciesIndex, scatter_sum
+from ..indexing import scatter_rows
+from .blocks import MLP, SpeciesIndex
 
 
 class Potential(nn.Module):
@@ -158,7 +159,7 @@ class Potential(nn.Module):
                 inputs.append(strain)
             energies = (energy_fn or self.atom_energies)(species, positions, cell, batch, edge_index,
                                                          shifts, strain, layout)
-            energy = scatter_sum(energies, batch, n_graphs)
+            energy = scatter_rows(energies, batch, n_graphs)
             out = {keys.ENERGY: energy, keys.ENERGIES: energies}
 
             if derivatives:
