@@ -114,7 +114,21 @@ class Potential(nn.Module):
                 r = positions + torch.einsum("ni,nij->nj", positions, sym.index_select(0, batch))
             h = cell + torch.bmm(cell, sym)
         vec = edge_vectors(r, h, batch, edge_index, shifts)
-        features = self.representation(species, edge_index, vec, layout)
+        return self.energies_from_edges(species, edge_index, vec, layout)
+
+    def energies_from_edges(self, species: torch.Tensor, edge_index: torch.Tensor,
+                            edge_vec: torch.Tensor, layout: Any = None) -> torch.Tensor:
+        """Per-atom energies E_i [N] (eV) from species indices [N] (``self.species_index(numbers)``),
+        edges [2, E] and their vectors r_ij = r_j - r_i [E, 3] (Å).
+
+        The whole model is a function of the edge vectors: differentiate E_i with respect to
+        ``edge_vec`` for pair forces (what LAMMPS's ML-IAP interface wants), or build the vectors from
+        positions (:meth:`atom_energies`) for atomic forces. ``layout``: as in :meth:`atom_energies`
+        (None: built here).
+        """
+        if layout is None:
+            layout = self.representation.layout(edge_index, species.shape[0])
+        features = self.representation(species, edge_index, edge_vec, layout)
         e = self.head(features).squeeze(-1)
         return self.scale * e + self.shift + self.E0[species]
 
