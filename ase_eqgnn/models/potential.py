@@ -69,6 +69,9 @@ class Potential(nn.Module):
         self.register_buffer("E0", torch.zeros(n, dtype=dtype))
         self.register_buffer("scale", torch.ones((), dtype=dtype))
         self.register_buffer("shift", torch.zeros((), dtype=dtype))
+        # Shortest distance per element pair in the training data (ase_eqgnn.domain), set by the
+        # trainer and stored in checkpoints beside the config; None when unknown.
+        self.domain: Optional[Dict[str, float]] = None
 
     # ---------------------------------------------------------------- description
     @property
