@@ -23,6 +23,7 @@ VARIANTS = {
     "egnn-coords": dict(features=16, layers=3, n_radial=6, coord_update=True),
     "painn": dict(features=16, layers=3, n_radial=6),
     "tp": dict(features=6, layers=3, l_max=2, n_radial=6, radial_hidden=16),
+    "tp-corr3": dict(features=4, layers=2, l_max=2, n_radial=6, radial_hidden=16, correlation=3),
 }
 
 

@@ -8,7 +8,13 @@ embedding(Z_i) as ``features x 0e``. Each of the ``layers`` blocks computes
     a_i  = n Σ_j y_ij                                                                (to nodes)
     x_i  = Gate( Lin_2(a_i) + SI(x_i) ) + x_i          (residual when the irreps agree)
 
-(the edge and node steps are fused: see :class:`NeighborTensorProduct`)
+(the edge and node steps are fused: see :class:`NeighborTensorProduct`). With ``correlation`` ν > 1
+the block works on body-ordered features instead of a_i (MACE's product basis, :mod:`.body_order`):
+
+    a_i  <-  Σ_{n ≤ ν} W^{(n)}_{Z_i} · U^{(n)} · Lin_A(a_i)^{⊗n}     (channel-wise symmetric powers)
+
+where a_i then carries every irrep up to l_max in every block (the last one too) and Lin_A maps it
+to ``features x`` each of them; ν = 1 (the default) is the network above, unchanged.
 
 with Y the e3nn spherical harmonics up to l_max ("component" normalisation), TP the "uvu" tensor
 product of e3nn's ``TensorProduct`` (per-edge weights, ``shared_weights=False``; evaluated fused with
@@ -39,6 +45,7 @@ from torch import nn
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 
+from .body_order import SymmetricContraction
 from .blocks import (BesselBasis, Neighborhoods, PolynomialCutoff, SpeciesEmbedding,
                      check_positive_float, check_positive_int, edge_lengths, neighborhoods)
 
@@ -51,6 +58,7 @@ DEFAULTS = {
     "radial_layers": 2,
     "envelope_p": 6,
     "avg_num_neighbors": 16.0,
+    "correlation": 1,
 }
 
 
@@ -147,13 +155,26 @@ class TPLayer(nn.Module):
     """One convolution block: x (irreps_in) [N, dim] -> x (irreps_out) [N, dim']."""
 
     def __init__(self, irreps_in: o3.Irreps, targets: o3.Irreps, irreps_sh: o3.Irreps,
-                 n_radial: int, radial_hidden: int, radial_layers: int, norm: float):
+                 n_radial: int, radial_hidden: int, radial_layers: int, norm: float,
+                 body_order: Optional[Tuple[o3.Irreps, int, int]] = None):
         super().__init__()
         self.norm = norm
         self.irreps_in = irreps_in
         self.lin_1 = o3.Linear(irreps_in, irreps_in)
-        self.tp = NeighborTensorProduct(irreps_in, irreps_sh, targets)
+        # body_order = (density irreps, correlation, n_species): the messages summed into the
+        # density A_i (all of its irreps, also in the last block), then its symmetric powers
+        # contracted to the targets (models/body_order.py) before lin_2 and the gate.
+        self.tp = NeighborTensorProduct(irreps_in, irreps_sh, targets if body_order is None
+                                        else body_order[0])
         irreps_mid = self.tp.irreps_mid
+        self.density = self.product = None
+        if body_order is not None:
+            density, correlation, n_species = body_order
+            self.density = o3.Linear(irreps_mid, density)
+            channels = density[0].mul
+            self.product = SymmetricContraction(density, o3.Irreps([(channels, ir) for _, ir in targets]),
+                                                correlation, n_species)
+            irreps_mid = self.product.irreps_out
         self.radial = FullyConnectedNet(
             [n_radial] + [radial_hidden] * radial_layers + [self.tp.weight_numel],
             torch.nn.functional.silu)
@@ -175,9 +196,11 @@ class TPLayer(nn.Module):
         self.scalar_residual = (not self.residual and irreps_in[0].ir == o3.Irrep("0e")
                                 and self.irreps_out == o3.Irreps([irreps_in[0]]))
 
-    def forward(self, x, sh, radial, nbh: Neighborhoods, cache):
+    def forward(self, x, sh, radial, nbh: Neighborhoods, cache, species=None):
         w = self.radial(radial)  # [R, M, weight_numel]; R(0) = 0: zero in empty slots
         a = self.tp(self.lin_1(x), sh, w, nbh, cache) * self.norm
+        if self.product is not None:
+            a = self.product(self.density(a), species)
         out = self.gate(self.lin_2(a) + self.self_interaction(x))
         if self.residual:
             out = out + x
@@ -191,7 +214,7 @@ class TensorProductNet(nn.Module):
 
     def __init__(self, n_species: int, cutoff: float, features: int = 32, l_max: int = 2,
                  layers: int = 4, n_radial: int = 8, radial_hidden: int = 64, radial_layers: int = 2,
-                 envelope_p: int = 6, avg_num_neighbors: float = 16.0):
+                 envelope_p: int = 6, avg_num_neighbors: float = 16.0, correlation: int = 1):
         super().__init__()
         self.out_features = features
         self.hidden_irreps = natural_irreps(features, l_max)
@@ -205,8 +228,9 @@ class TensorProductNet(nn.Module):
         irreps = o3.Irreps([(features, "0e")])
         for k in range(layers):
             targets = self.hidden_irreps if k + 1 < layers else o3.Irreps([(features, "0e")])
+            body_order = None if correlation == 1 else (self.hidden_irreps, correlation, n_species)
             block = TPLayer(irreps, targets, self.irreps_sh, n_radial, radial_hidden, radial_layers,
-                            norm)
+                            norm, body_order)
             blocks.append(block)
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
@@ -225,7 +249,7 @@ class TensorProductNet(nn.Module):
         cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
         x = self.embedding(species)
         for block in self.blocks:
-            x = block(x, sh, radial, nbh, cache)
+            x = block(x, sh, radial, nbh, cache, species)
         return x
 
 
@@ -234,6 +258,10 @@ def build(n_species: int, cutoff: float, hparams: dict) -> TensorProductNet:
     l_max = check_positive_int("l_max", hparams["l_max"], minimum=0)
     if l_max > 6:
         raise ValueError(f"hyper-parameter l_max must be between 0 and 6, got {l_max}")
+    correlation = check_positive_int("correlation", hparams["correlation"])
+    if correlation > 4 or (correlation > 1 and l_max > 3):
+        raise ValueError(f"hyper-parameter correlation must be between 1 and 4 (and l_max <= 3 when "
+                         f"it is above 1), got correlation {correlation} with l_max {l_max}")
     return TensorProductNet(
         n_species, cutoff,
         features=check_positive_int("features", hparams["features"]),
@@ -244,4 +272,5 @@ def build(n_species: int, cutoff: float, hparams: dict) -> TensorProductNet:
         radial_layers=check_positive_int("radial_layers", hparams["radial_layers"], minimum=0),
         envelope_p=check_positive_int("envelope_p", hparams["envelope_p"], minimum=2),
         avg_num_neighbors=check_positive_float("avg_num_neighbors", hparams["avg_num_neighbors"]),
+        correlation=correlation,
     )
