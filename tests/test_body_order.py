@@ -90,7 +90,7 @@ def make_layer(l_max=2, channels=3, correlation=3, n_species=2, out_l_max=None, 
 
 
 def direct(layer, density, species):
-    """The module's formula evaluated term by term with the full tensor powers (no Horner)."""
+    """The module's formula evaluated term by term with the full tensor powers (no monomials)."""
     n, k = density.shape[0], layer.channels
     x = torch.cat([density[:, sl].reshape(n, k, ir.dim)
                    for sl, (_, ir) in zip(layer.irreps_in.slices(), layer.irreps_in)], dim=-1)
@@ -111,7 +111,7 @@ def direct(layer, density, species):
 
 
 @pytest.mark.parametrize("correlation", [1, 2, 3])
-def test_horner_evaluation_equals_the_direct_sum(correlation):
+def test_fast_evaluation_equals_the_direct_sum_of_tensor_powers(correlation):
     layer = make_layer(correlation=correlation)
     density = layer.irreps_in.randn(7, -1, dtype=torch.float64)
     species = torch.tensor([0, 1, 1, 0, 1, 0, 0])
@@ -161,6 +161,7 @@ def test_gradients_match_finite_differences():
     assert torch.autograd.gradgradcheck(lambda a: layer(a, species).pow(2).sum(), (density,))
 
 
+@torch.no_grad()
 def test_float32_model_agrees_with_float64():
     layer = make_layer()
     density = layer.irreps_in.randn(4, -1, dtype=torch.float64)

@@ -17,13 +17,10 @@ Because A_i sums over neighbours, its n-th power sums over n neighbours at once:
 (n+1)-body function of the neighbourhood (the ACE basis, Drautz 2019; MACE, Batatia et al. 2022).
 ν = 1 is a per-species, per-channel linear map of A_i, i.e. two-body messages.
 
-Evaluation follows Horner's rule, as MACE does: with T^{(n)} = Σ_η W^{(n)}_{z_i} U^{(n)} (weights
-summed into the basis first),
-
-    B = (((T^{(ν)} · A + T^{(ν-1)}) · A + ...) + T^{(1)}) · A
-
-where "· A" contracts the last input slot; this is exact because every U^{(n)} is symmetric in its
-slots. The first contraction, per species, is one batched matrix product over channels.
+Evaluation: every unordered product A_{a_1} ... A_{a_n} (a_1 <= ... <= a_n) is formed once per
+channel (d + d(d+1)/2 + ... monomials instead of d + d² + ...), one matrix product with the basis
+(symmetric, so each monomial carries U times its number of orderings) projects all of them onto
+every path at once, and the per-species weights of the atom sum the paths.
 
 Example
 -------
@@ -41,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -115,7 +112,9 @@ class SymmetricContraction(nn.Module):
     correlation : ν >= 1, the highest power of A_i.
     n_species : number of species; ``forward`` takes species indices in [0, n_species).
 
-    ``forward(density [N, irreps_in.dim], species [N]) -> [N, irreps_out.dim]``.
+    ``forward(density [N, irreps_in.dim], species [N]) -> [N, irreps_out.dim]``. The weights
+    W^{(n)} of output irrep j are the parameter ``weights["order{n}_out{j}"]`` [n_species, paths, K]
+    (absent where no path exists).
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, n_species: int):
@@ -132,66 +131,69 @@ class SymmetricContraction(nn.Module):
         self.n_species = int(n_species)
         self.irreps_channel = o3.Irreps([(1, ir) for _, ir in self.irreps_in])
         d = self.irreps_channel.dim
+        # Monomials: each unordered product A_a1 ... A_an (a1 <= ... <= an) once, n <= ν, built
+        # as (its first n-1 factors' monomial) x A_an.
+        monomials = [[(a,) for a in range(d)]]
+        for order in range(2, self.correlation + 1):
+            tuples = list(itertools.combinations_with_replacement(range(d), order))
+            position = {t: i for i, t in enumerate(monomials[-1])}
+            self.register_buffer(f"parent_{order}", torch.tensor([position[t[:-1]] for t in tuples]),
+                                 persistent=False)
+            self.register_buffer(f"last_{order}", torch.tensor([t[-1] for t in tuples]), persistent=False)
+            monomials.append(tuples)
+        rows = [0]
+        for tuples in monomials:
+            rows.append(rows[-1] + len(tuples))
+        # One matrix [monomials, columns]: column (L, n, η, M) holds U^{(n,L)}_{η,M} on the degree-n
+        # monomials, each times its number of orderings (U is symmetric in its slots).
+        columns: List[torch.Tensor] = []
         self.weights = nn.ParameterDict()
-        # order -> [(weight key or None when no path exists, 2L+1)], one entry per output irrep
-        self._paths: Dict[int, List[Tuple[Optional[str], int]]] = {}
-        for order in range(1, self.correlation + 1):
-            self._paths[order] = []
-            for j, (_, ir) in enumerate(self.irreps_out):
+        self._outputs: List[Tuple[List[str], int, int]] = []  # per output irrep: (keys, paths, 2L+1)
+        for j, (_, ir) in enumerate(self.irreps_out):
+            keys, paths = [], 0
+            for order in range(1, self.correlation + 1):
                 u = symmetric_power_basis(self.irreps_channel, order, ir)
-                key = f"order{order}_out{j}" if len(u) else None
-                self._paths[order].append((key, ir.dim))
-                if key is None:
+                if len(u) == 0:
                     continue
-                # The exact float64 constants as int64 bits: module.to(dtype) leaves integer
-                # buffers alone, so a float32 model moved to float64 still has full-precision
-                # coefficients (equivariance at float64 round-off); cast per call in forward.
-                self.register_buffer(f"basis_{key}", u.reshape(len(u), -1).view(torch.int64),
-                                     persistent=False)
+                tuples = monomials[order - 1]
+                index = torch.tensor(tuples).T  # [order, monomials]
+                sym = u[(slice(None), slice(None)) + tuple(index)]  # [paths, 2L+1, monomials]
+                counts = torch.tensor([math.factorial(order) / math.prod(
+                    math.factorial(t.count(a)) for a in set(t)) for t in tuples], dtype=torch.float64)
+                block = torch.zeros(rows[-1], len(u) * ir.dim, dtype=torch.float64)
+                block[rows[order - 1]:rows[order]] = (sym * counts).flatten(0, 1).T
+                columns.append(block)
+                key = f"order{order}_out{j}"
                 self.weights[key] = nn.Parameter(
                     torch.randn(self.n_species, len(u), self.channels) / math.sqrt(len(u)))
-        for j, (_, ir) in enumerate(self.irreps_out):
-            if all(self._paths[n][j][0] is None for n in self._paths):
+                keys.append(key)
+                paths += len(u)
+            if not keys:
                 raise ValueError(f"output irrep {ir} cannot be formed from {self.irreps_channel} "
                                  f"with correlation {self.correlation}")
-        self._d = d
-
-    def _summed(self, order: int, dtype: torch.dtype) -> torch.Tensor:
-        """T^{(order)} = Σ_η W_{z,η,k} U_η: [Z, K, D_out * d**order], rows ordered (L, M, a...)."""
-        parts = []
-        for key, dim in self._paths[order]:
-            if key is None:  # no equivariant map of this order to this irrep
-                parts.append(self._zeros(dim * self._d ** order, dtype))
-                continue
-            u = getattr(self, f"basis_{key}").view(torch.float64).to(dtype)  # [paths, (2L+1) d^n]
-            parts.append(torch.einsum("zpk,px->zkx", self.weights[key], u))
-        return torch.cat(parts, dim=-1)
-
-    def _zeros(self, width: int, dtype: torch.dtype) -> torch.Tensor:
-        device = next(iter(self.weights.values())).device
-        return torch.zeros(self.n_species, self.channels, width, dtype=dtype, device=device)
+            self._outputs.append((keys, paths, ir.dim))
+        # The exact float64 constants as int64 bits: module.to(dtype) leaves integer buffers alone,
+        # so a float32 model moved to float64 keeps full-precision coefficients (equivariance at
+        # float64 round-off); forward casts them to the working dtype.
+        self.register_buffer("basis", torch.cat(columns, dim=1).view(torch.int64), persistent=False)
 
     def forward(self, density: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        n, k, d = density.shape[0], self.channels, self._d
-        # e3nn layout -> channel-major [K, N, d]
+        n, k = density.shape[0], self.channels
+        # e3nn layout -> [N, K, d]
         x = torch.cat([density[:, sl].reshape(n, k, ir.dim) for sl, (_, ir)
-                       in zip(self.irreps_in.slices(), self.irreps_in)], dim=-1).transpose(0, 1)
-        dtype = density.dtype
-        z = self.n_species
-        # Highest order: Σ_{z,c} onehot[n,z] x[n,k,c] T[z,k,X,c], one bmm over the channels.
-        top = self._summed(self.correlation, dtype).view(z, k, -1, d)
-        onehot = nn.functional.one_hot(species, z).to(dtype)  # [N, Z]
-        xz = (onehot.unsqueeze(0).unsqueeze(-1) * x.unsqueeze(2)).reshape(k, n, z * d)
-        out = torch.bmm(xz, top.permute(1, 0, 3, 2).reshape(k, z * d, -1))  # [K, N, X]
-        for order in range(self.correlation - 1, 0, -1):
-            out = out + self._summed(order, dtype).index_select(0, species).transpose(0, 1)
-            out = (out.view(k, n, -1, d) * x.unsqueeze(2)).sum(-1)
-        # [K, N, D_out] -> e3nn layout
-        pieces, start = [], 0
-        for _, dim in self._paths[1]:
-            pieces.append(out[:, :, start:start + dim].permute(1, 0, 2).reshape(n, k * dim))
-            start += dim
-        return torch.cat(pieces, dim=-1)
+                       in zip(self.irreps_in.slices(), self.irreps_in)], dim=-1)
+        powers = [x]
+        for order in range(2, self.correlation + 1):
+            powers.append(powers[-1].index_select(-1, getattr(self, f"parent_{order}"))
+                          * x.index_select(-1, getattr(self, f"last_{order}")))
+        projected = torch.cat(powers, dim=-1) @ self.basis.view(torch.float64).to(density.dtype)
+        out, start = [], 0
+        for keys, paths, dim in self._outputs:  # Σ_η W_{z_i,η,k} (U_η · A^{⊗n})_{k,M}
+            block = projected[:, :, start:start + paths * dim].reshape(n, k, paths, dim)
+            weights = torch.cat([self.weights[key] for key in keys], dim=1).index_select(0, species)
+            out.append(torch.einsum("npk,nkpm->nkm", weights, block).reshape(n, k * dim))
+            start += paths * dim
+        return torch.cat(out, dim=-1)
 
     def extra_repr(self) -> str:
         return (f"{self.irreps_in} -> {self.irreps_out}, correlation={self.correlation}, "
