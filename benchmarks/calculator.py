@@ -26,6 +26,10 @@ nequip         NequIP 0.19.1 defaults (4 layers, l_max 1, 32 features),
 mace           mace-torch 0.3.16 ScaleShiftMACE 64x0e+64x1o, max_ell 3,
                correlation 3, 2 interactions, through ``MACECalculator``
 ours-egnn      ``build_model("egnn", features=128, layers=3)``             (no anchor)
+ours-tp-c2/c3  ours-tp with ``correlation=2`` / ``3`` (body-ordered features;    ours-tp, mace
+               only when named in ``--tools``)
+ours-tp-c3-w64 ``build_model("tp", l_max=1, layers=2, features=64,             mace (same width)
+               correlation=3)`` (only when named in ``--tools``)
 ours-*-compiled the same with ``EqGNNCalculator(compile=True)`` (torch.compile;  as the eager ones
                the compile happens in the untimed warm-up call)
 ============== ============================================================ ==========================
@@ -107,6 +111,11 @@ TOOLS = {
     "nequip": ("nequip", "nequip_tp.py", []),
     "mace": ("mace", "mace_model.py", []),
     "ours-egnn": (None, "ours.py", ["--model", "egnn"]),
+    # tp with body-ordered features (correlation 2 / 3; c3-w64 at the MACE anchor's width); only
+    # when named in --tools (OPT_IN)
+    "ours-tp-c2": (None, "ours.py", ["--model", "tp-c2"]),
+    "ours-tp-c3": (None, "ours.py", ["--model", "tp-c3"]),
+    "ours-tp-c3-w64": (None, "ours.py", ["--model", "tp-c3-w64"]),
     # EqGNNCalculator(compile=True): torch.compile'd energy pass (the first call compiles, untimed)
     "ours-painn-compiled": (None, "ours.py", ["--model", "painn", "--compile"]),
     "ours-tp-compiled": (None, "ours.py", ["--model", "tp", "--compile"]),
@@ -115,8 +124,10 @@ TOOLS = {
     "ours-painn-graphs": (None, "ours.py", ["--model", "painn", "--cuda-graphs", "auto"]),
     "ours-tp-graphs": (None, "ours.py", ["--model", "tp", "--cuda-graphs", "auto"]),
 }
+OPT_IN = {"ours-tp-c2", "ours-tp-c3", "ours-tp-c3-w64"}
 # (anchor, ours): ratio columns, anchor time / our time
 RATIOS = [("schnetpack", "ours-painn"), ("nequip", "ours-tp"), ("mace", "ours-tp"),
+          ("mace", "ours-tp-c3-w64"),
           ("schnetpack", "ours-painn-compiled"), ("nequip", "ours-tp-compiled"),
           ("schnetpack", "ours-painn-graphs"), ("nequip", "ours-tp-graphs")]
 SYSTEM_LABELS = {"Cu108": "Cu fcc 108 (pbc)", "Cu864": "Cu fcc 864 (pbc)",
@@ -393,7 +404,7 @@ def main(argv=None):
     if args.md_steps is None:
         args.md_steps = 10 if args.quick else 100
     tools = ([t for t in args.tools.split(",") if t] if args.tools else
-             [t for t in TOOLS if args.device.startswith("cuda") or not t.endswith("-graphs")])
+             [t for t in TOOLS if t not in OPT_IN and (args.device.startswith("cuda") or not t.endswith("-graphs"))])
     for t in tools:
         if t not in TOOLS:
             p.error(f"unknown tool {t!r}; known: {', '.join(TOOLS)}")
