@@ -169,7 +169,7 @@ def run_tool(tool: str, python: str, systems: List[str], args, systems_file: str
            "--repeats", str(repeats), "--warmup", str(args.warmup),
            "--md-steps", str(md_steps), "--md-budget-s", str(args.md_budget_s),
            "--call-budget-s", str(args.call_budget_s),
-           "--threads", str(args.threads), "--device", args.device, "--cache-dir", cache_dir,
+           "--threads", str(args.threads), "--clock", args.clock, "--device", args.device, "--cache-dir", cache_dir,
            "--freed-memory", args.freed_memory]
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -366,6 +366,9 @@ def main(argv=None):
                    help="cap each tool's timed calls on each system to about this many seconds "
                         "(fewer repeats, at least 3)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time single calls in wall time or in each worker's CPU time (with --threads 1: "
+                        "the cost on an idle core, for a loaded machine; MD steps stay wall time)")
     p.add_argument("--freed-memory", choices=common.FREED_MEMORY_MODES, default="as-shipped",
                    help="glibc malloc keeps freed memory for reuse: 'as-shipped' (ours does, as "
                         "EqGNNCalculator does by default; anchors do not), 'keep' (every tool) or "

@@ -206,6 +206,17 @@ def test_tp_correlation_is_validated():
             _tp(correlation=bad)
     with pytest.raises(ValueError, match="l_max <= 3"):
         _tp(l_max=4, correlation=2)
+    with pytest.raises(ValueError, match="sh_l_max must be between l_max"):
+        _tp(l_max=2, sh_l_max=1)
+    with pytest.raises(ValueError, match="sh_l_max must be between l_max"):
+        _tp(l_max=1, sh_l_max=4, correlation=3)
+
+
+def test_tp_density_can_reach_beyond_the_features_passed_on():
+    model = _tp(l_max=1, sh_l_max=3, correlation=3)
+    block = model.representation.blocks[0]
+    assert str(block.density.irreps_out) == "4x0e+4x1o+4x2e+4x3o"
+    assert str(block.product.irreps_out) == "4x0e+4x1o"
 
 
 def test_tp_with_correlation_round_trips_through_a_model_file(tmp_path):

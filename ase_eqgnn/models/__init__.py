@@ -11,7 +11,7 @@ name        family                                       hyper-parameters (defau
 ``tp``      NequIP-style e3nn tensor products (:mod:`.tp`) features 32, l_max 2, layers 4, n_radial 8,
                                                          radial_hidden 64, radial_layers 2,
                                                          envelope_p 6, avg_num_neighbors 16,
-                                                         correlation 1
+                                                         correlation 1, sh_l_max None (= l_max)
 ==========  ===========================================  ===========================================
 
 Every family also takes ``head_hidden`` (width of the per-atom energy head; default features // 2).

@@ -13,8 +13,10 @@ the block works on body-ordered features instead of a_i (MACE's product basis, :
 
     a_i  <-  Σ_{n ≤ ν} W^{(n)}_{Z_i} · U^{(n)} · Lin_A(a_i)^{⊗n}     (channel-wise symmetric powers)
 
-where a_i then carries every irrep up to l_max in every block (the last one too) and Lin_A maps it
-to ``features x`` each of them; ν = 1 (the default) is the network above, unchanged.
+where a_i then carries every irrep up to ``sh_l_max`` in every block (the last one too) and Lin_A
+maps it to ``features x`` each of them; ν = 1 (the default) is the network above, unchanged.
+``sh_l_max`` (default l_max) is the highest l of Y, and of the density when ν > 1: MACE's design
+is l_max 1 for the features a block passes on and sh_l_max 3 for the density.
 
 with Y the e3nn spherical harmonics up to l_max ("component" normalisation), TP the "uvu" tensor
 product of e3nn's ``TensorProduct`` (per-edge weights, ``shared_weights=False``; evaluated fused with
@@ -59,6 +61,7 @@ DEFAULTS = {
     "envelope_p": 6,
     "avg_num_neighbors": 16.0,
     "correlation": 1,
+    "sh_l_max": None,
 }
 
 
@@ -214,11 +217,13 @@ class TensorProductNet(nn.Module):
 
     def __init__(self, n_species: int, cutoff: float, features: int = 32, l_max: int = 2,
                  layers: int = 4, n_radial: int = 8, radial_hidden: int = 64, radial_layers: int = 2,
-                 envelope_p: int = 6, avg_num_neighbors: float = 16.0, correlation: int = 1):
+                 envelope_p: int = 6, avg_num_neighbors: float = 16.0, correlation: int = 1,
+                 sh_l_max: Optional[int] = None):
         super().__init__()
         self.out_features = features
         self.hidden_irreps = natural_irreps(features, l_max)
-        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        sh_l_max = l_max if sh_l_max is None else sh_l_max
+        self.irreps_sh = o3.Irreps.spherical_harmonics(sh_l_max)
         self.embedding = SpeciesEmbedding(n_species, features)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.basis = BesselBasis(n_radial, cutoff)
@@ -228,7 +233,8 @@ class TensorProductNet(nn.Module):
         irreps = o3.Irreps([(features, "0e")])
         for k in range(layers):
             targets = self.hidden_irreps if k + 1 < layers else o3.Irreps([(features, "0e")])
-            body_order = None if correlation == 1 else (self.hidden_irreps, correlation, n_species)
+            body_order = (None if correlation == 1 else
+                          (natural_irreps(features, sh_l_max), correlation, n_species))
             block = TPLayer(irreps, targets, self.irreps_sh, n_radial, radial_hidden, radial_layers,
                             norm, body_order)
             blocks.append(block)
@@ -262,6 +268,12 @@ def build(n_species: int, cutoff: float, hparams: dict) -> TensorProductNet:
     if correlation > 4 or (correlation > 1 and l_max > 3):
         raise ValueError(f"hyper-parameter correlation must be between 1 and 4 (and l_max <= 3 when "
                          f"it is above 1), got correlation {correlation} with l_max {l_max}")
+    sh_l_max = hparams["sh_l_max"]
+    if sh_l_max is not None:
+        sh_l_max = check_positive_int("sh_l_max", sh_l_max, minimum=0)
+        if not l_max <= sh_l_max <= (3 if correlation > 1 else 6):
+            raise ValueError(f"hyper-parameter sh_l_max must be between l_max ({l_max}) and "
+                             f"{3 if correlation > 1 else 6} (or null for l_max), got {sh_l_max}")
     return TensorProductNet(
         n_species, cutoff,
         features=check_positive_int("features", hparams["features"]),
@@ -273,4 +285,5 @@ def build(n_species: int, cutoff: float, hparams: dict) -> TensorProductNet:
         envelope_p=check_positive_int("envelope_p", hparams["envelope_p"], minimum=2),
         avg_num_neighbors=check_positive_float("avg_num_neighbors", hparams["avg_num_neighbors"]),
         correlation=correlation,
+        sh_l_max=sh_l_max,
     )
