@@ -18,9 +18,12 @@ Because A_i sums over neighbours, its n-th power sums over n neighbours at once:
 ν = 1 is a per-species, per-channel linear map of A_i, i.e. two-body messages.
 
 Evaluation: every unordered product A_{a_1} ... A_{a_n} (a_1 <= ... <= a_n) is formed once per
-channel (d + d(d+1)/2 + ... monomials instead of d + d² + ...), one matrix product with the basis
-(symmetric, so each monomial carries U times its number of orderings) projects all of them onto
-every path at once, and the per-species weights of the atom sum the paths.
+channel (d + d(d+1)/2 + ... monomials instead of d + d² + ...); the basis is symmetric, so each
+monomial carries U times its number of orderings. The weights are summed into the basis first,
+T_{k,z} = Σ_η W_{z,η,k} U_η (no atom axis: cheap), and one batched product over the monomials per
+channel gives every species' B, of which each atom keeps its own: a factor n_species of redundant
+work in exchange for static shapes (no per-species gather with a device sync, so it compiles and
+captures).
 
 Example
 -------
@@ -131,16 +134,9 @@ class SymmetricContraction(nn.Module):
         self.n_species = int(n_species)
         self.irreps_channel = o3.Irreps([(1, ir) for _, ir in self.irreps_in])
         d = self.irreps_channel.dim
-        # Monomials: each unordered product A_a1 ... A_an (a1 <= ... <= an) once, n <= ν, built
-        # as (its first n-1 factors' monomial) x A_an.
-        monomials = [[(a,) for a in range(d)]]
-        for order in range(2, self.correlation + 1):
-            tuples = list(itertools.combinations_with_replacement(range(d), order))
-            position = {t: i for i, t in enumerate(monomials[-1])}
-            self.register_buffer(f"parent_{order}", torch.tensor([position[t[:-1]] for t in tuples]),
-                                 persistent=False)
-            self.register_buffer(f"last_{order}", torch.tensor([t[-1] for t in tuples]), persistent=False)
-            monomials.append(tuples)
+        # Monomials: each unordered product A_a1 ... A_an (a1 <= ... <= an) once, n <= ν.
+        monomials = [list(itertools.combinations_with_replacement(range(d), n))
+                     for n in range(1, self.correlation + 1)]
         rows = [0]
         for tuples in monomials:
             rows.append(rows[-1] + len(tuples))
@@ -172,27 +168,56 @@ class SymmetricContraction(nn.Module):
                 raise ValueError(f"output irrep {ir} cannot be formed from {self.irreps_channel} "
                                  f"with correlation {self.correlation}")
             self._outputs.append((keys, paths, ir.dim))
+        basis = torch.cat(columns, dim=1)
+        # Most monomials meet no path (parity and triangle rules: for l <= 3 -> scalars, 94 of 968):
+        # keep those with a coefficient, and the lower-degree ones they are built from, each
+        # monomial being (its first n-1 factors' monomial) x A_an.
+        used = basis.abs().amax(dim=1) > 0
+        kept: List[List[Tuple[int, ...]]] = [[] for _ in monomials]
+        needed: set = set()
+        for n in range(self.correlation, 0, -1):
+            kept[n - 1] = [t for i, t in enumerate(monomials[n - 1]) if used[rows[n - 1] + i] or t in needed]
+            needed = {t[:-1] for t in kept[n - 1]}
+        self.register_buffer("first", torch.tensor([t[0] for t in kept[0]]), persistent=False)
+        for n in range(2, self.correlation + 1):
+            position = {t: i for i, t in enumerate(kept[n - 2])}
+            self.register_buffer(f"parent_{n}", torch.tensor([position[t[:-1]] for t in kept[n - 1]]),
+                                 persistent=False)
+            self.register_buffer(f"last_{n}", torch.tensor([t[-1] for t in kept[n - 1]]), persistent=False)
+        select = [rows[n] + monomials[n].index(t) for n in range(self.correlation) for t in kept[n]]
         # The exact float64 constants as int64 bits: module.to(dtype) leaves integer buffers alone,
         # so a float32 model moved to float64 keeps full-precision coefficients (equivariance at
         # float64 round-off); forward casts them to the working dtype.
-        self.register_buffer("basis", torch.cat(columns, dim=1).view(torch.int64), persistent=False)
+        self.register_buffer("basis", basis[select].contiguous().view(torch.int64), persistent=False)
 
     def forward(self, density: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        n, k = density.shape[0], self.channels
-        # e3nn layout -> [N, K, d]
+        n, k, z = density.shape[0], self.channels, self.n_species
+        # e3nn layout -> [K, d, N]: gathering monomials along the middle axis copies whole rows
         x = torch.cat([density[:, sl].reshape(n, k, ir.dim) for sl, (_, ir)
-                       in zip(self.irreps_in.slices(), self.irreps_in)], dim=-1)
-        powers = [x]
+                       in zip(self.irreps_in.slices(), self.irreps_in)], dim=-1).permute(1, 2, 0)
+        powers = [x.index_select(1, self.first)]
         for order in range(2, self.correlation + 1):
-            powers.append(powers[-1].index_select(-1, getattr(self, f"parent_{order}"))
-                          * x.index_select(-1, getattr(self, f"last_{order}")))
-        projected = torch.cat(powers, dim=-1) @ self.basis.view(torch.float64).to(density.dtype)
-        out, start = [], 0
-        for keys, paths, dim in self._outputs:  # Σ_η W_{z_i,η,k} (U_η · A^{⊗n})_{k,M}
-            block = projected[:, :, start:start + paths * dim].reshape(n, k, paths, dim)
-            weights = torch.cat([self.weights[key] for key in keys], dim=1).index_select(0, species)
-            out.append(torch.einsum("npk,nkpm->nkm", weights, block).reshape(n, k * dim))
+            powers.append(powers[-1].index_select(1, getattr(self, f"parent_{order}"))
+                          * x.index_select(1, getattr(self, f"last_{order}")))
+        # Weights into the basis first (cheap: no atom axis), T[k, z, (L, M), monomial] =
+        # Σ_η W_{z,η,k} U_{η,M}(monomial); then one product over the monomials per channel gives
+        # every species' output, and each atom keeps its own species' (static shapes, no sync).
+        basis = self.basis.view(torch.float64).to(density.dtype)
+        merged, start = [], 0
+        for keys, paths, dim in self._outputs:
+            u = basis[:, start:start + paths * dim].reshape(-1, paths, dim)
+            w = torch.cat([self.weights[key] for key in keys], dim=1)  # [Z, paths, K]
+            merged.append(torch.einsum("zpk,xpm->kzmx", w, u))
             start += paths * dim
+        merged = torch.cat(merged, dim=2)  # [K, Z, D_out, monomials]
+        d_out = merged.shape[2]
+        every = torch.bmm(merged.flatten(1, 2), torch.cat(powers, dim=1))  # [K, Z * D_out, N]
+        mine = every.view(k, z, d_out, n).gather(1, species.view(1, 1, 1, n).expand(k, 1, d_out, n))
+        mine = mine.squeeze(1)  # [K, D_out, N]
+        out, start = [], 0
+        for _, _, dim in self._outputs:
+            out.append(mine[:, start:start + dim].permute(2, 0, 1).reshape(n, k * dim))
+            start += dim
         return torch.cat(out, dim=-1)
 
     def extra_repr(self) -> str:
