@@ -134,6 +134,9 @@ class SymmetricContraction(nn.Module):
         self.n_species = int(n_species)
         self.irreps_channel = o3.Irreps([(1, ir) for _, ir in self.irreps_in])
         d = self.irreps_channel.dim
+        # plain ints for forward (torch.compile cannot guard on e3nn's Irreps)
+        self._in_blocks = [(sl.start, sl.stop, ir.dim) for sl, (_, ir)
+                           in zip(self.irreps_in.slices(), self.irreps_in)]
         # Monomials: each unordered product A_a1 ... A_an (a1 <= ... <= an) once, n <= ν.
         monomials = [list(itertools.combinations_with_replacement(range(d), n))
                      for n in range(1, self.correlation + 1)]
@@ -193,8 +196,8 @@ class SymmetricContraction(nn.Module):
     def forward(self, density: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         n, k, z = density.shape[0], self.channels, self.n_species
         # e3nn layout -> [K, d, N]: gathering monomials along the middle axis copies whole rows
-        x = torch.cat([density[:, sl].reshape(n, k, ir.dim) for sl, (_, ir)
-                       in zip(self.irreps_in.slices(), self.irreps_in)], dim=-1).permute(1, 2, 0)
+        x = torch.cat([density[:, start:stop].reshape(n, k, dim) for start, stop, dim in self._in_blocks],
+                      dim=-1).permute(1, 2, 0)
         powers = [x.index_select(1, self.first)]
         for order in range(2, self.correlation + 1):
             powers.append(powers[-1].index_select(1, getattr(self, f"parent_{order}"))
