@@ -12,13 +12,13 @@ more than a short run saves.
 What it costs: the first call compiles (tens of seconds on 2 cores; Inductor caches the result on
 disk, so a later process with the same model takes a few seconds). The numbers of atoms and pairs
 are declared dynamic, so MD does not recompile as they change; another neighbour layout (a molecule
-that stops being "dense", see :class:`~ase_eqgnn.models.blocks.Neighborhoods`), a first stress
+that stops being "dense", see :mod:`ase_eqgnn.models.layouts`), a first stress
 call, or a layout width that changes for the first time compiles once more. Only the first
 derivative goes through the compiled code: training with a force loss (second derivatives)
 evaluates eagerly.
 
-The neighbour layout is built outside the compiled function (it reads sizes back to the host), by
-:meth:`Potential.forward`, which takes this object as ``energy_fn``.
+The neighbourhood is built outside the compiled function (a padded layout reads sizes back to the
+host), by :meth:`Potential.forward`, which takes this object as ``energy_fn``.
 
 Example
 -------
@@ -46,17 +46,17 @@ class CompiledEnergies:
 
     def __call__(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                  batch: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
-                 strain: Optional[torch.Tensor] = None, layout: Any = None) -> torch.Tensor:
+                 strain: Optional[torch.Tensor] = None, neighborhood: Any = None) -> torch.Tensor:
         # The numbers of atoms and pairs, and the layout's sizes, change from call to call in MD:
         # declared dynamic, they do not recompile the function (which would take seconds each).
         for tensor in (species, positions, batch, shifts):
             torch._dynamo.maybe_mark_dynamic(tensor, 0)
         torch._dynamo.maybe_mark_dynamic(edge_index, 1)
-        for value in vars(layout).values() if layout is not None else ():
+        for value in vars(neighborhood).values() if neighborhood is not None else ():
             if isinstance(value, torch.Tensor):
-                for dim in range(min(value.dim(), 2)):  # (a padded layout's R and M: its _sizes)
+                for dim in range(min(value.dim(), 2)):  # (R and M of a padded layout: its _sizes)
                     torch._dynamo.maybe_mark_dynamic(value, dim)
-        return self._fn(species, positions, cell, batch, edge_index, shifts, strain, layout)
+        return self._fn(species, positions, cell, batch, edge_index, shifts, strain, neighborhood)
 
 
 __all__ = ["CompiledEnergies"]
