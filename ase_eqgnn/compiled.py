@@ -1,16 +1,15 @@
 """`CompiledEnergies`: a potential's energy pass compiled by ``torch.compile`` (TorchInductor).
 
-Why: a small molecule's call is bound by per-operation overhead, not arithmetic (PaiNN 128x3 on
-biphenyl, 22 atoms: ~550 tensor operations per energy+forces call). Inductor fuses the elementwise
-work of :meth:`~ase_eqgnn.models.potential.Potential.atom_energies` and of its backward pass into
-generated C++ (CPU) or Triton (GPU) kernels. On the 2-core CPU (A/B in one process, and the
-``ours-*-compiled`` workers of ``benchmarks/calculator.py``) PaiNN calls took 0.55-0.8x and ``tp``
-calls 0.23-0.5x the eager time on biphenyl, a 96-atom water cluster and 108 Cu atoms; at 864 Cu
-atoms, where arithmetic and memory traffic dominate, nothing was gained. Opt-in: the compile costs
-more than a short run saves.
+Why: a small molecule's call is bound by per-operation overhead, not arithmetic (hundreds of small
+tensor operations per energy+forces call). Inductor fuses the elementwise work of
+:meth:`~ase_eqgnn.models.potential.Potential.atom_energies` and of its backward pass into generated
+C++ (CPU) or Triton (GPU) kernels. It pays on molecules and systems of about a hundred atoms, most for
+``tp``'s many small tensor-product steps; where arithmetic and memory traffic dominate (large
+systems) it gains nothing (measurements: ``docs/benchmarks.md``). Opt-in: the compile costs more
+than a short run saves.
 
-What it costs: the first call compiles (tens of seconds on 2 cores; Inductor caches the result on
-disk, so a later process with the same model takes a few seconds). The numbers of atoms and pairs
+What it costs: the first call compiles (tens of seconds; Inductor caches the result on disk, so a
+later process with the same model compiles faster). The numbers of atoms and pairs
 are declared dynamic, so MD does not recompile as they change; another neighbour layout (a molecule
 that stops being "dense", see :mod:`ase_eqgnn.models.layouts`), a first stress
 call, or a layout width that changes for the first time compiles once more. Only the first

@@ -2,9 +2,8 @@
 graph, replayed while its neighbour list stays the same.
 
 Why: below about a thousand atoms an eager GPU call is bound by launching some 500-1,000 small
-kernels from Python, not by running them (PaiNN 128x3 on biphenyl, H200: 8.5 ms per call, of which
-the GPU was busy 0.9 ms). A CUDA graph launches the whole recorded sequence, forward and backward,
-at once. A graph replays fixed shapes on fixed buffers, so:
+kernels from Python, not by running them (the GPU is busy for a small fraction of the call). A CUDA
+graph launches the whole recorded sequence, forward and backward, at once. A graph replays fixed shapes on fixed buffers, so:
 
 - the neighbour list is the Verlet list as built (every pair within cutoff + skin at the last build);
   the models' cutoff envelope gives the pairs beyond the cutoff exactly zero weight and gradient, so
