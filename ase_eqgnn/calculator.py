@@ -32,6 +32,7 @@ from .checkpoint import load_model
 from .compiled import CompiledEnergies
 from .cuda_graphs import CapturedPotential
 from .graph import AtomicGraph, edge_vectors
+from .models.neighborhood import LAYOUTS
 from .models.potential import Potential
 from .neighbors import VerletList, batched_neighbor_list
 
@@ -98,6 +99,9 @@ class EqGNNCalculator(Calculator):
         compiles (tens of seconds; cached on disk for later processes). Needs a C++ compiler on the
         CPU: if compiling fails, the calculator warns and evaluates eagerly. ``calculate_batch``
         stays eager.
+    layout : "auto" (each model family's fast neighbour layout, default) or "reference" (the plain
+        edge list with index_select and scatter-sums: the readable path, for debugging; the same
+        numbers, slower).
 
     ``implemented_properties``: energy, free_energy, energies (per atom), forces, and stress when the
     cell is periodic in all three directions (otherwise asking for stress raises ASE's
@@ -109,7 +113,7 @@ class EqGNNCalculator(Calculator):
     def __init__(self, model: Union[str, os.PathLike, Potential], device="cpu", dtype="float32",
                  skin: float = 0.5, neighbor_backend: str = "auto", min_distance: float = 0.1,
                  cuda_graphs: Union[bool, str] = False, keep_freed_memory: bool = True,
-                 compile: bool = False, **kwargs):
+                 compile: bool = False, layout: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.device = _resolve_device(device)
         if keep_freed_memory and self.device.type == "cpu":
@@ -144,6 +148,9 @@ class EqGNNCalculator(Calculator):
         if compile and self.cuda_graphs:
             raise ValueError("compile and cuda_graphs cannot be combined: choose one")
         self._energy_fn = CompiledEnergies(self.model) if compile else None
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -229,15 +236,16 @@ class EqGNNCalculator(Calculator):
     def _evaluate(self, graph: AtomicGraph, stress: bool) -> Dict[str, torch.Tensor]:
         """The model's results, through its compiled energy pass where ``compile=True``."""
         if self._energy_fn is None:
-            return self.model(graph, forces=True, stress=stress)
+            return self.model(graph, forces=True, stress=stress, layout=self.layout)
         try:
-            return self.model(graph, forces=True, stress=stress, energy_fn=self._energy_fn)
+            return self.model(graph, forces=True, stress=stress, energy_fn=self._energy_fn,
+                              layout=self.layout)
         except Exception as err:  # no C++ compiler, an unsupported operation...: eager is still right
             first_line = (str(err).strip().splitlines() or [""])[0][:300]
             warnings.warn(f"torch.compile failed, evaluating eagerly from now on "
                           f"({type(err).__name__}: {first_line})")
             self._energy_fn = None
-            return self.model(graph, forces=True, stress=stress)
+            return self.model(graph, forces=True, stress=stress, layout=self.layout)
 
     def _replay(self, graph: AtomicGraph, rebuilt: bool,
                 stress: bool) -> Optional[Dict[str, torch.Tensor]]:
@@ -255,7 +263,7 @@ class EqGNNCalculator(Calculator):
                                                   or graph.num_edges > _GRAPH_MAX_PAIRS)):
                 return None
             try:
-                self._captured = CapturedPotential(self.model, graph, stress)
+                self._captured = CapturedPotential(self.model, graph, stress, layout=self.layout)
             except RuntimeError as err:  # an operation the capture cannot record: stay eager
                 warnings.warn(f"CUDA graph capture failed, evaluating eagerly from now on ({err})")
                 self._captured, self.cuda_graphs = None, False
@@ -295,7 +303,7 @@ class EqGNNCalculator(Calculator):
         graph.edge_index, graph.shifts = torch.stack([i, j]), shifts
         self._check_overlaps(graph)
         any_periodic = any(a.pbc.all() for a in images)
-        out = self.model(graph, forces=True, stress=any_periodic)
+        out = self.model(graph, forces=True, stress=any_periodic, layout=self.layout)
         results, start = [], 0
         for b, atoms in enumerate(images):
             sl = slice(start, start + len(atoms))

@@ -124,10 +124,10 @@ def test_calculator_on_cuda_matches_cpu(name, system):
 
 
 def test_painn_regathering_in_the_backward_pass_on_cuda_matches_cpu(monkeypatch):
-    """Neighborhoods.gather_product's custom backward (large systems) on CUDA, forced on Cu108."""
-    from ase_eqgnn.models import blocks
+    """PaddedNeighborhood.gather_product's custom backward (large systems) on CUDA, forced on Cu108."""
+    from ase_eqgnn.models import layouts
 
-    monkeypatch.setattr(blocks, "LEAN_GATHER_BYTES", 0)
+    monkeypatch.setattr(layouts, "LEAN_GATHER_BYTES", 0)
     atoms = systems()["Cu108"]
     model = make_model("painn")
     ref = EqGNNCalculator(model, device="cpu", dtype="float64")
