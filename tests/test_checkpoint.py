@@ -236,8 +236,11 @@ def test_truncated_and_corrupt_files(tmp_path):
         load_model(empty)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_model(tmp_path / "missing.pt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="not a regular file"):
         load_model(tmp_path)  # a folder
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(CheckpointError, match="pipe.pt.*not a regular file"):
+        load_model(tmp_path / "pipe.pt")  # refused, not read (which would wait forever)
 
 
 def test_foreign_files(tmp_path):
@@ -389,6 +392,47 @@ def test_mixed_or_odd_dtypes_are_refused(tmp_path):
     mixed = _rewrite(path, tmp_path / "mixed.pt", edit=_edit_state("scale", lambda t: t.float()))
     with pytest.raises(CheckpointError, match="float32 or all float64"):
         load_model(mixed)
+    integer = _rewrite(path, tmp_path / "int.pt", edit=_edit_state("E0", lambda t: t.long()))
+    with pytest.raises(CheckpointError, match="int.pt.*'E0' is torch.int64"):
+        load_model(integer)  # would otherwise be cast silently into the float buffer
+
+
+def test_broadcast_views_and_deep_nesting_are_refused_without_expanding_them(tmp_path):
+    """Content a model file never holds, which would cost memory or stack to walk naively."""
+    import threading
+
+    path = tmp_path / "model.pt"
+    save_model(make("egnn"), path)
+    # E0 as a 10^12-element view of one stored float: 8 TB if made contiguous
+    huge = _rewrite(path, tmp_path / "view.pt", seal=False,
+                    edit=_edit_state("E0", lambda t: t[:1].expand(10**12)))
+    with pytest.raises(CheckpointError, match="view.pt.*not plain data stored in full"):
+        load_model(huge)
+
+    def save_deep():  # torch.save itself recurses: a deep stack for writing only
+        import sys
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(50_000)
+        try:
+            nested = []
+            for _ in range(5000):
+                nested = [nested]
+            _rewrite(path, tmp_path / "deep.pt", seal=False, deep=nested)
+        finally:
+            sys.setrecursionlimit(limit)
+
+    size = threading.stack_size(256 << 20)
+    try:
+        writer = threading.Thread(target=save_deep)
+        writer.start()
+        writer.join()
+    finally:
+        threading.stack_size(size)
+    with pytest.raises(CheckpointError, match="deep.pt.*nested deeper than"):
+        load_model(tmp_path / "deep.pt")
+    nested_json = _rewrite(path, tmp_path / "json.pt", config_json="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="json.pt.*unreadable config"):
+        load_model(nested_json)
 
 
 @pytest.mark.parametrize("domain, problem", [

@@ -93,7 +93,7 @@ def _parse(ckpt: Dict, where: str) -> Tuple[BackmapConfig, CGMap, np.ndarray, Di
         config = json.loads(ckpt["model_config"])
         cg = json.loads(ckpt["cg_map"])
         meta = json.loads(ckpt["meta"])
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"{where} has unreadable JSON ({err}); the file is damaged") from None
     if not all(isinstance(x, dict) for x in (config, cg, meta)):
         raise CheckpointError(f"{where}: model_config, cg_map and meta must be JSON objects")

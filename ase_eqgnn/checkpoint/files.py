@@ -39,6 +39,8 @@ from torch.utils._device import _device_constructors
 
 PathLike = Union[str, "os.PathLike[str]"]
 DIGEST_KEY = "sha256"
+#: Deepest nesting of dicts and lists a model file may have (a trainer's optimizer state: about 5).
+MAX_DEPTH = 32
 
 
 class CheckpointError(ValueError):
@@ -63,11 +65,17 @@ class FileKind:
 
 
 # -- digest -----------------------------------------------------------------------------------------
-def _feed(h: "hashlib._Hash", obj: Any) -> None:
+def _feed(h: "hashlib._Hash", obj: Any, depth: int = 0) -> None:
     def chunk(tag: bytes, data: bytes) -> None:
         h.update(tag + len(data).to_bytes(8, "little") + data)
 
+    if depth > MAX_DEPTH:
+        raise TypeError(f"its entries are nested deeper than {MAX_DEPTH} levels")
     if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided or \
+                obj.numel() * obj.element_size() > obj.untyped_storage().nbytes():
+            # a broadcast view of a few stored bytes could claim terabytes once made contiguous
+            raise TypeError(f"a tensor of shape {tuple(obj.shape)} is not plain data stored in full")
         t = obj.detach().to("cpu").contiguous().reshape(-1)
         chunk(b"T", f"{t.dtype}{tuple(obj.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
@@ -86,18 +94,22 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
     elif isinstance(obj, dict):
         chunk(b"D", str(len(obj)).encode())
         for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
-            _feed(h, key)
-            _feed(h, obj[key])
+            _feed(h, key, depth + 1)
+            _feed(h, obj[key], depth + 1)
     elif isinstance(obj, (list, tuple)):
         chunk(b"L" if isinstance(obj, list) else b"U", str(len(obj)).encode())
         for item in obj:
-            _feed(h, item)
+            _feed(h, item, depth + 1)
     else:
         raise TypeError(f"cannot digest a {type(obj).__name__} in a model file")
 
 
 def payload_digest(payload: Dict[str, Any]) -> str:
-    """Hex SHA-256 of ``payload`` without its digest entry (see the module docstring)."""
+    """Hex SHA-256 of ``payload`` without its digest entry (see the module docstring).
+
+    TypeError for content no model file holds: other objects, nesting deeper than
+    :data:`MAX_DEPTH`, tensors that are not plain strided data stored in full.
+    """
     h = hashlib.sha256()
     _feed(h, {k: v for k, v in payload.items() if k != DIGEST_KEY})
     return h.hexdigest()
@@ -150,8 +162,10 @@ def read_checkpoint(path: PathLike, kind: FileKind, legacy_note: str = "") -> Di
     :class:`CheckpointWarning` (``legacy_note`` says what else such files lack).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"{kind.what} {path!r} does not exist")
+    if not os.path.isfile(path):  # a folder, a pipe or a device: never opened
+        raise CheckpointError(f"{kind.what} {path!r} is not a regular file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or pickled objects weights_only refuses
@@ -172,6 +186,10 @@ def read_checkpoint(path: PathLike, kind: FileKind, legacy_note: str = "") -> Di
             f"{kind.what} {path!r} has {kind.version_key} {version}, newer than this ase_eqgnn "
             f"(reads up to {kind.version}; file written by ase_eqgnn "
             f"{raw.get('package_version', '?')}). Upgrade ase_eqgnn to load it.")
+    try:  # also for files without a digest: it walks and vets every entry
+        actual = payload_digest(raw)
+    except (TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{kind.what} {path!r} is damaged: {err}") from None
     stored = raw.get(DIGEST_KEY)
     if stored is None and version < kind.sealed_since:
         note = f" {legacy_note}" if legacy_note else ""
@@ -183,10 +201,6 @@ def read_checkpoint(path: PathLike, kind: FileKind, legacy_note: str = "") -> Di
     if not isinstance(stored, str):
         raise CheckpointError(f"{kind.what} {path!r} has no valid integrity digest; the file is "
                               "damaged. Re-save or re-download it.")
-    try:
-        actual = payload_digest(raw)
-    except TypeError as err:
-        raise CheckpointError(f"{kind.what} {path!r}: {err}; the file is damaged") from None
     if not hmac.compare_digest(stored, actual):
         raise CheckpointError(f"{kind.what} {path!r} is damaged: its content does not match its "
                               "SHA-256 digest (a changed weight or config). Re-save or re-download it.")
@@ -270,7 +284,8 @@ def check_state_shapes(expected: Dict[str, Tuple[torch.Size, torch.dtype]],
             raise CheckpointError(f"{where} does not match its config: tensor {name!r} has shape "
                                   f"{tuple(t.shape)}, the config implies {tuple(shape)}; the file is "
                                   "damaged")
-        if not dtype.is_floating_point and t.dtype != dtype:
+        if t.dtype.is_floating_point != dtype.is_floating_point or \
+                (not dtype.is_floating_point and t.dtype != dtype):
             raise CheckpointError(f"{where}: tensor {name!r} is {t.dtype}, expected {dtype}; the file "
                                   "is damaged")
 

@@ -173,7 +173,7 @@ def load_checkpoint_dict(path: PathLike, map_location: Union[str, torch.device] 
         raise CheckpointError(f"model file {path!r} has no config_json string; the file is damaged")
     try:
         config = json.loads(config_json)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"model file {path!r} has an unreadable config ({err}); the file is "
                               "damaged") from None
     if not isinstance(config, dict):
