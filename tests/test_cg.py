@@ -288,7 +288,8 @@ def test_checkpoint_of_the_old_format_loads_with_one_warning(ala2, tmp_path):
     """Version 1 (before the digest): the old layout, written by hand."""
     model, path = _mapper(ala2, tmp_path)
     raw = torch.load(path, weights_only=True)
-    old = {k: raw[k] for k in ("format", "model_config", "cg_map", "topology_pdb", "meta", "model_state")}
+    old = {k: raw[k] for k in ("format", "model_config", "cg_map", "topology_pdb", "meta",
+                               "model_state")}
     old["version"] = 1
     torch.save(old, tmp_path / "old.pt")
     with pytest.warns(CheckpointWarning) as record:
@@ -318,13 +319,15 @@ def vae_builds(monkeypatch):
 @pytest.mark.parametrize("change, message", [
     ({"features": 6000}, "features must be an integer in"), ({"features": 10**9}, "features"),
     ({"n_rbf": 0}, "n_rbf"), ({"atom_cutoff": float("nan")}, "atom_cutoff"),
-    ({"cg_cutoff": 1e9}, "cg_cutoff"), ({"latent_dim": "16"}, "latent_dim"),
+    ({"cg_cutoff": 1e9}, "cg_cutoff"), ({"cg_cutoff": 10**400}, "cg_cutoff"),
+    ({"latent_dim": "16"}, "latent_dim"),
     ({"logvar_min": 10.0}, "logvar_min"), ({"encoder_bead_links": "all"}, "encoder_bead_links"),
     ({"decoder_layers": 10**6}, "decoder_layers"), ({"dropout": 0.1}, "unknown model config keys")])
 def test_checkpoint_config_out_of_bounds_is_refused_before_building(ala2, tmp_path, vae_builds,
                                                                      change, message):
     _, path = _mapper(ala2, tmp_path)
-    tampered = _reseal(path, tmp_path / "tampered.pt", _json_edit("model_config", lambda c: c.update(change)))
+    tampered = _reseal(path, tmp_path / "tampered.pt",
+                       _json_edit("model_config", lambda c: c.update(change)))
     with pytest.raises(CheckpointError, match=f"tampered.pt.*{message}"):
         BackMapper.load(tampered)
     assert vae_builds == []

@@ -1,4 +1,4 @@
-"""Model files: round trip, atomic writes, integrity digest, and clear errors for bad or hostile files."""
+"""Model files: round trip, atomic writes, integrity digest, clear errors for bad or hostile files."""
 
 import json
 import math
@@ -302,7 +302,7 @@ def builds(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("features", [6000, 10**9, -4, 2.5, True, "64"])
+@pytest.mark.parametrize("features", [6000, 10**9, 10**400, -4, 2.5, True, "64"])
 def test_huge_or_malformed_hyper_parameters_are_refused_before_building(tmp_path, builds, features):
     path = tmp_path / "model.pt"
     save_model(make("painn"), path)
@@ -349,7 +349,7 @@ def test_shape_probe_matches_the_real_model_for_every_family(name):
         assert dtype.is_floating_point == real[key].dtype.is_floating_point, key
 
 
-@pytest.mark.parametrize("cutoff", [float("nan"), float("inf"), -4.0, 0.0, 1e6, "4.0", None])
+@pytest.mark.parametrize("cutoff", [float("nan"), float("inf"), -4.0, 0.0, 1e6, 10**400, "4.0", None])
 def test_absurd_cutoffs_are_refused(tmp_path, cutoff):
     path = tmp_path / "model.pt"
     save_model(make("egnn"), path)
@@ -438,7 +438,7 @@ def test_broadcast_views_and_deep_nesting_are_refused_without_expanding_them(tmp
 @pytest.mark.parametrize("domain, problem", [
     ({"Cu-Cu": -1.0}, "Cu-Cu"), ({"Cu-Cu": float("nan")}, "Cu-Cu"), ({"Cu-Cu": 9.0}, "cutoff"),
     ({"Cu-Ni": 2.0}, "lighter element first"), ({"Cu-Zn": 2.0}, "Cu-Zn"), ([2.0], "dict"),
-    ({"Cu-Cu": "2.0"}, "Cu-Cu")])
+    ({"Cu-Cu": "2.0"}, "Cu-Cu"), ({"Cu-Cu": 10**400}, "Cu-Cu")])
 def test_bad_domain_records_are_refused(tmp_path, domain, problem):
     path = tmp_path / "model.pt"
     save_model(make("egnn"), path)
@@ -460,3 +460,12 @@ def test_loading_leaves_the_random_state_alone(tmp_path):
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
     assert math.isfinite(MAX_PARAMETERS) and np.isfinite(HPARAM_BOUNDS["avg_num_neighbors"][1])
+
+
+def test_huge_integer_where_a_float_belongs_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    save_model(make("painn"), path)
+    tampered = _rewrite(path, tmp_path / "avg.pt",
+                        config=lambda c: c["hparams"].update(avg_num_neighbors=10**400))
+    with pytest.raises(CheckpointError, match="avg.pt.*avg_num_neighbors must be a number"):
+        load_model(tampered)

@@ -113,7 +113,8 @@ BEFORE_RESAVE = {"cu-emt": (1.1687492286598327, 37.64857347829208),
 def _first_test_frame(name):
     if name == "cu-emt":
         return read(DATA / "cu_emt_test.extxyz", "0")
-    return read_dataset(DATA / "ala2_test.h5", energies=DATA / "ala2_test.npz", index="0:1")[0].to_atoms()
+    frames = read_dataset(DATA / "ala2_test.h5", energies=DATA / "ala2_test.npz", index="0:1")
+    return frames[0].to_atoms()
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE_RESAVE))

@@ -84,10 +84,11 @@ class BackmapConfig(Settings):
             value = getattr(self, name)
             integer = isinstance(low, int)
             ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) \
-                and not isinstance(value, bool) and math.isfinite(value)
+                and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
             if not ok or not low <= value <= high:
                 kind = "an integer" if integer else "a number"
-                raise ValueError(f"model config: {name} must be {kind} in [{low}, {high}], got {value!r}")
+                raise ValueError(f"model config: {name} must be {kind} in [{low}, {high}], "
+                                 f"got {value!r}")
             if not integer:
                 setattr(self, name, float(value))
         if self.logvar_min >= self.logvar_max:

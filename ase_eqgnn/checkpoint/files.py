@@ -1,4 +1,4 @@
-"""The machinery every kind of model file shares: digest, atomic writes, verified reads, checks before building.
+"""What every kind of model file shares: digest, atomic writes, verified reads, checks before building.
 
 - :func:`payload_digest`: SHA-256 over a file's content (see below); :func:`write_checkpoint` seals
   a payload with it (key ``"sha256"``) and writes it atomically; :func:`read_checkpoint` loads with

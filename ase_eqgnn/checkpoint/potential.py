@@ -63,6 +63,12 @@ def _package_version() -> str:
 
 
 # -- checks of the config (before anything is built) ---------------------------------------------
+def _is_finite_number(value: Any) -> bool:
+    # ints are finite however large (math.isfinite would overflow on 10**400)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (isinstance(value, int) or math.isfinite(value))
+
+
 def check_hparams(hparams: Dict[str, Any]) -> None:
     """ValueError naming the first hyper-parameter outside :data:`HPARAM_BOUNDS` or of a wrong type
     (names the bounds do not know are left to the model builder, which rejects unknown ones)."""
@@ -78,7 +84,7 @@ def check_hparams(hparams: Dict[str, Any]) -> None:
             ok = isinstance(value, int) and not isinstance(value, bool)
             kind = "an integer"
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = _is_finite_number(value)
             kind = "a number"
         if not ok or not low <= value <= high:
             raise ValueError(f"hyper-parameter {name} must be {kind} in [{low}, {high}], got {value!r}")
@@ -87,8 +93,7 @@ def check_hparams(hparams: Dict[str, Any]) -> None:
 def check_cutoff(cutoff: Any) -> float:
     """The cutoff as a float; ValueError unless it is finite and within :data:`CUTOFF_RANGE_A`."""
     low, high = CUTOFF_RANGE_A
-    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not math.isfinite(cutoff) \
-            or not low <= cutoff <= high:
+    if not _is_finite_number(cutoff) or not low <= cutoff <= high:
         raise ValueError(f"cutoff must be a finite number of Å in [{low}, {high}], got {cutoff!r}")
     return float(cutoff)
 
@@ -115,8 +120,7 @@ def check_domain(domain: Any, species, cutoff: float) -> Optional[Dict[str, floa
             names = [chemical_symbols[z] for z in species]
             raise ValueError(f"training-domain record has the entry {key!r}, not a pair of the "
                              f"model's elements {names} written as 'A-B' (lighter element first)")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0 < value <= cutoff * (1 + 1e-9):
+        if not _is_finite_number(value) or not 0 < value <= cutoff * (1 + 1e-9):
             raise ValueError(f"training-domain record: the shortest {key} distance must be a number "
                              f"in (0, cutoff={cutoff}] Å, got {value!r}")
         clean[key] = float(value)
@@ -141,7 +145,7 @@ def save_model(model: torch.nn.Module, path: PathLike,
             raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
         config["metadata"] = metadata
     try:
-        config_json = json.dumps(config, ensure_ascii=False, allow_nan=False)
+        config_json = json.dumps(config, ensure_ascii=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"model config/metadata is not JSON-serialisable: {err}") from None
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
