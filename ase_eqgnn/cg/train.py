@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import yaml
 
-from ..checkpoint import atomic_torch_save
-from .backmap import bead_distance_stats, load_checkpoint, save_checkpoint
+from ..checkpoint import write_checkpoint
+from .backmap import VERSION, bead_distance_stats, load_checkpoint, save_checkpoint
 from .losses import (GeometryTerms, LossWeights, heavy_reconstruction_loss, kl_divergence,
                      reconstruction_loss)
 from .maps import CGMap, build_map
@@ -369,7 +369,6 @@ def export_model(checkpoint: Union[str, Path], path: Union[str, Path], metrics: 
     meta = json.loads(ckpt["meta"])
     if metrics:
         meta["test_metrics"] = metrics
-    slim = {k: ckpt[k] for k in ("format", "version", "model_config", "cg_map", "topology_pdb")}
-    slim["meta"] = json.dumps(meta)
-    slim["model_state"] = ckpt["model_state"]
-    atomic_torch_save(slim, path)
+    slim = {k: ckpt[k] for k in ("format", "model_config", "cg_map", "topology_pdb")}
+    slim.update(version=VERSION, meta=json.dumps(meta), model_state=ckpt["model_state"])
+    write_checkpoint(slim, path)  # sealed with a new digest
