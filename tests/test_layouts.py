@@ -28,6 +28,16 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """e3nn builds its Clebsch-Gordan constants in the default dtype, also for the tp reference path
+    (built at first use): float64 here, so the references carry float64 precision."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.fixture
 def force(monkeypatch):
     """force(kind): make the thresholds choose that layout wherever the structure allows it."""
@@ -129,16 +139,6 @@ def structures():
 
 
 def make(name):
-    """A small model built in float64 (e3nn's reference constants then carry float64 precision)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return _make(name)
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def _make(name):
     torch.manual_seed(0)
     small = {"painn": dict(features=8, layers=3, n_radial=6),
              "tp": dict(features=4, layers=3, l_max=2, n_radial=6, radial_hidden=8),
@@ -231,18 +231,9 @@ def test_layouts_are_reused_only_inside_reuse_layouts():
 # -------------------------------------------------------------------------------------------------
 # The fused tensor product against e3nn's TensorProduct
 # -------------------------------------------------------------------------------------------------
-@pytest.fixture
-def float64_default():
-    """e3nn builds its Clebsch-Gordan buffers in the default dtype: build the reference in float64."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 @pytest.mark.parametrize("l_max", [1, 2, 3])
 @pytest.mark.parametrize("share", [False, True])
-def test_fused_tensor_product_equals_e3nn(force, float64_default, l_max, share):
+def test_fused_tensor_product_equals_e3nn(force, l_max, share):
     """The neighbour-fused "uvu" product equals e3nn's TensorProduct followed by a scatter-sum."""
     from e3nn import o3
 

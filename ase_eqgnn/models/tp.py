@@ -82,11 +82,11 @@ class TPLayer(nn.Module):
         self.irreps_in = irreps_in
         self.lin_1 = o3.Linear(irreps_in, irreps_in)
         irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, targets)
-        self.tp = _stateless(o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions,
-                                              shared_weights=False, internal_weights=False))
+        self._tp_args = (irreps_in, irreps_sh, irreps_mid, instructions)
+        self._reference_tps: Dict[tuple, nn.Module] = {}  # e3nn's TensorProduct per (dtype, device)
         self.fused_tp = NeighborTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions)
         self.radial = FullyConnectedNet(
-            [n_radial] + [radial_hidden] * radial_layers + [self.tp.weight_numel],
+            [n_radial] + [radial_hidden] * radial_layers + [self.fused_tp.weight_numel],
             torch.nn.functional.silu)
         scalars = o3.Irreps([(mul, ir) for mul, ir in targets if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in targets if ir.l > 0])
@@ -111,7 +111,18 @@ class TPLayer(nn.Module):
         per-graph operands across blocks."""
         if isinstance(nbh, PaddedNeighborhood):
             return self.fused_tp(x, sh, w, nbh, cache)
-        return nbh.sum(self.tp(nbh.gather(x), sh, w))
+        return nbh.sum(self.reference_tp(x.dtype, x.device)(nbh.gather(x), sh, w))
+
+    def reference_tp(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
+        """e3nn's ``TensorProduct`` for this block (the reference path), built at first use: building
+        one costs as much as the rest of the block, and the fast path never needs it. It holds no
+        weights (they come per edge from the radial net), so it is not part of the state_dict; e3nn
+        builds its constants in torch's default dtype."""
+        key = (dtype, device)
+        if key not in self._reference_tps:
+            tp = o3.TensorProduct(*self._tp_args, shared_weights=False, internal_weights=False)
+            self._reference_tps[key] = tp.to(device=device, dtype=dtype)
+        return self._reference_tps[key]
 
     def forward(self, x, sh, radial, nbh, cache):
         w = self.radial(radial)  # per-edge weights; R(0) = 0, so zero on padding
@@ -162,15 +173,6 @@ class TensorProductNet(nn.Module):
         for block in self.blocks:
             x = block(x, sh, radial, nbh, cache)
         return x
-
-
-def _stateless(module: nn.Module) -> nn.Module:
-    """``module`` with its buffers (e3nn's Clebsch-Gordan constants) left out of the state_dict:
-    they are rebuilt with the model, so checkpoints hold only what training changes."""
-    for sub in module.modules():
-        for name, buffer in list(sub.named_buffers(recurse=False)):
-            sub.register_buffer(name, buffer, persistent=False)
-    return module
 
 
 def build(n_species: int, cutoff: float, hparams: dict) -> TensorProductNet:
