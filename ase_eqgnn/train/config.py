@@ -80,9 +80,12 @@ class TrainConfig:
     dtype: str = _f("float32", "training precision")
     valid_dtype: Optional[str] = _f(None, "precision of validation/test evaluation; None = dtype")
     num_workers: int = _f(0, "DataLoader worker processes")
-    num_threads: Optional[int] = _f(None, "torch CPU threads for this process; None = leave as is")
-    keep_freed_memory: bool = _f(True, "on a CPU device, glibc keeps the memory torch frees for the "
-                                       "next step (ase_eqgnn.heap; process-wide): ~15 % faster here")
+    num_threads: Optional[int] = _f(None, "torch CPU threads for this process; "
+                                          "None = leave as is")
+    keep_freed_memory: bool = _f(False, "on a CPU device, have glibc keep the memory torch frees for "
+                                        "the next step (ase_eqgnn.heap): faster, but it changes the "
+                                        "whole process, so a library run leaves it off; eqgnn-train "
+                                        "(which owns its process) turns it on")
     progress: bool = _f(True, "tqdm progress bars")
 
     # ------------------------------------------------------------------ optimisation
@@ -289,10 +292,17 @@ def load_config(path: Union[str, pathlib.Path], base: Optional[TrainConfig] = No
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"config {path} is not a file (give a YAML file)")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (a config is YAML text)") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where} ({problem})") from None
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
@@ -309,6 +319,10 @@ def save_config(config: TrainConfig, path: Union[str, pathlib.Path]) -> None:
 # argparse
 
 
+#: Extra flag names: ``--threads`` as every eqgnn-* command spells it.
+_FLAG_ALIASES = {"num_threads": ("--threads",)}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--key`` flag per config field (``_`` -> ``-``); unset flags stay absent.
 
@@ -321,18 +335,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         base, optional = _unwrap_optional(tp)
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-        help_ = f"{f.metadata.get('help', '')} (default: {default!r})".strip()
+        # argparse %-formats help texts: a literal % must be doubled.
+        help_ = f"{f.metadata.get('help', '')} (default: {default!r})".strip().replace("%", "%%")
+        flags = [flag, *_FLAG_ALIASES.get(f.name, ())]
         if base is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_)
         else:
             metavar = {int: "N", float: "X", str: "S"}.get(base, "YAML")
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_)
+            group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_)
 
 
-def config_from_args(args: argparse.Namespace, config_path: Optional[str] = None) -> TrainConfig:
-    """Defaults <- YAML file (if any) <- flags present in ``args``."""
-    base = load_config(config_path) if config_path else TrainConfig()
+def config_from_args(args: argparse.Namespace, config_path: Optional[str] = None,
+                     defaults: Optional[TrainConfig] = None) -> TrainConfig:
+    """``defaults`` (TrainConfig's own if None) <- YAML file (if any) <- flags present in ``args``."""
+    base = load_config(config_path, base=defaults) if config_path else (defaults or TrainConfig())
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     return config_from_dict(given, source="command-line flags", base=base)
