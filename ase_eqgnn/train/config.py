@@ -34,6 +34,11 @@ SCHEDULERS = ("plateau", "cosine")
 LOSSES = ("mse", "huber")
 DTYPES = ("float32", "float64")
 SPLITS = ("random", "contiguous")
+#: Upper bounds that keep a typo from exhausting the machine (a 1e6 Å cutoff builds neighbour lists
+#: of every atom with every other many times over; 10**6 threads or workers are never meant).
+MAX_CUTOFF = 20.0
+MAX_THREADS = 1024
+MAX_WORKERS = 64
 
 
 def _f(default: Any, help: str) -> Any:
@@ -128,8 +133,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.valid_batch_size is not None and self.valid_batch_size < 1:
             raise ValueError(f"valid_batch_size must be >= 1, got {self.valid_batch_size}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.num_threads is not None and not 1 <= self.num_threads <= MAX_THREADS:
+            raise ValueError(f"num_threads must be in [1, {MAX_THREADS}], got {self.num_threads}")
+        if self.num_workers > MAX_WORKERS:
+            raise ValueError(f"num_workers must be <= {MAX_WORKERS}, got {self.num_workers}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
+        if self.cutoff > MAX_CUTOFF:
+            raise ValueError(f"cutoff must be at most {MAX_CUTOFF} Å, got {self.cutoff}")
         for name in ("lr", "cutoff", "huber_delta"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):

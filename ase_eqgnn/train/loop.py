@@ -116,13 +116,13 @@ class EpochLoop:
         """Continue from a ``last.pt`` state (restores the random generators last)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.elapsed = float(state["elapsed"])
+        self.scheduler.load_state_dict(state["scheduler"], elapsed=self.elapsed)
         self.ema.load_state_dict(state["ema"])
         self.epoch = int(state["epoch"])
         self.best_loss = float(state["best_loss"])
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
-        self.elapsed = float(state["elapsed"])
         self.history = [dict(r) for r in state["history"]]
         set_rng_state(state["rng"])
 

@@ -72,6 +72,24 @@ class TrainResult:
     history: List[Dict[str, float]] = field(default_factory=list)
 
 
+#: Larger models are refused before anything is allocated (with AdamW, ~16 bytes per parameter).
+MAX_PARAMETERS = 100_000_000
+
+
+def _check_model_size(name: str, species: Sequence[int], cutoff: float, hparams: Dict[str, Any]) -> None:
+    """ValueError when the model would have more than MAX_PARAMETERS weights (counted on torch's
+    "meta" device, which allocates nothing)."""
+    try:
+        with torch.device("meta"):
+            probe = build_model(name, species, cutoff, hparams=dict(hparams))
+    except (RuntimeError, NotImplementedError):  # a family that computes while it builds (tp)
+        return
+    n = sum(p.numel() for p in probe.parameters())
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"hparams {hparams} give a {name} model of {n:,} parameters, more than "
+                         f"{MAX_PARAMETERS:,}: choose fewer features or layers")
+
+
 def _nan_to_none(d: Dict[str, float]) -> Dict[str, Optional[float]]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
@@ -118,7 +136,14 @@ class Trainer(EpochTask):
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         e0, scale, shift = dataset_statistics(self.train_samples, self.species, e0_by_number(cfg.e0), cfg.scale)
-        model = build_model(cfg.model, self.species, cfg.cutoff, hparams=dict(cfg.hparams))
+        _check_model_size(cfg.model, self.species, cfg.cutoff, cfg.hparams)
+        try:
+            model = build_model(cfg.model, self.species, cfg.cutoff, hparams=dict(cfg.hparams))
+        except RuntimeError as err:  # what the size check could not count (tp) may not fit
+            if "allocate" not in str(err):
+                raise
+            raise ValueError(f"hparams {cfg.hparams}: the {cfg.model} model does not fit in memory "
+                             f"({str(err).splitlines()[0][:200]})") from None
         with torch.no_grad():
             model.E0.copy_(torch.as_tensor(e0))
             model.scale.fill_(scale)
