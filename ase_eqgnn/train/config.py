@@ -322,8 +322,12 @@ def load_config(path: Union[str, pathlib.Path], base: Optional[TrainConfig] = No
 
 
 def save_config(config: TrainConfig, path: Union[str, pathlib.Path]) -> None:
-    """Write the resolved config as YAML (every key, in declaration order)."""
-    pathlib.Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (every key, in declaration order), atomically, as a run's
+    ``config.yaml`` is written."""
+    from .run_dir import atomic_output, dump_config
+
+    with atomic_output(str(path)) as f:
+        f.write(dump_config(config.to_dict()))
 
 
 # ---------------------------------------------------------------------------------------------------

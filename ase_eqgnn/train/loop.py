@@ -46,6 +46,13 @@ from .schedule import EpochScheduler
 __all__ = ["EpochLoop", "EpochTask"]
 
 
+def _plain(value: Any) -> Any:
+    """A Python number for a NumPy scalar or a 0-d tensor (last.pt must load with weights_only)."""
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        return value.item()
+    return value
+
+
 class EpochTask:
     """What a trainer supplies to :class:`EpochLoop` (a protocol: subclassing is optional)."""
 
@@ -168,7 +175,8 @@ class EpochLoop:
             now = time.perf_counter()
             self.elapsed += now - self._start
             self._start = now
-            row = {"epoch": self.epoch + 1, "time": self.elapsed, "lr": lr, **train, **valid}
+            row = {"epoch": self.epoch + 1, "time": self.elapsed, "lr": lr,
+                   **{k: _plain(v) for k, v in {**train, **valid}.items()}}
             self.history.append(row)
             self.epoch += 1
             if self.is_main:
