@@ -84,11 +84,15 @@ def test_a_folder_that_is_not_this_run_is_refused_untouched(case, cu_file, finis
     assert snapshot(tmp_path) == before
 
 
-def test_an_out_path_that_is_a_file_is_refused(cu_file, tmp_path):
+def test_an_out_path_that_is_a_file_or_a_broken_link_is_refused(cu_file, tmp_path):
     (tmp_path / "out").write_text("a file")
-    with pytest.raises(RunFolderError, match="is a file"):
+    with pytest.raises(RunFolderError, match="is not a folder"):
         Trainer(config(cu_file, tmp_path / "out"))
     assert (tmp_path / "out").read_text() == "a file"
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere" / "run")  # a broken link: not created through
+    with pytest.raises(RunFolderError, match="is not a folder"):
+        Trainer(config(cu_file, tmp_path / "link"))
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_another_config_is_refused_and_a_damaged_last_pt_named(cu_file, finished_run, tmp_path):

@@ -160,7 +160,7 @@ def load_trajectories(paths: Sequence[str], top: Optional[str] = None, stride: i
     xyz, topology = [], None
     for p in paths:
         if not Path(p).is_file():
-            raise ValueError(f"trajectory {p} does not exist")
+            raise ValueError(f"trajectory {p} does not exist or is not a regular file")
         try:
             traj = md.load(str(p), top=top, stride=stride) if top else md.load(str(p), stride=stride)
         except Exception as exc:  # mdtraj raises many kinds for unreadable or mismatched files

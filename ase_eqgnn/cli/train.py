@@ -52,6 +52,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OSError) as err:  # the config, the data or the --out folder: nothing written
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"{PROG}: error: not enough memory to read the data and build the model; use fewer or "
+              "smaller frames (--index), a smaller model or a smaller cutoff", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before training started", file=sys.stderr)
         return 130

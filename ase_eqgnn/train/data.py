@@ -22,6 +22,7 @@ a resumed run and a run split over several processes see exactly the same global
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -291,6 +292,11 @@ def load_frames(cfg) -> Tuple[List[Frame], List[Frame], Optional[List[Frame]]]:
     or a seeded split of ``data``)."""
     if not cfg.data:
         raise ValueError("no training data: set 'data' in the config or pass --data PATH")
+    for key in ("data", "valid_data", "test_data", "energies", "valid_energies", "test_energies", "topology"):
+        path = getattr(cfg, key)
+        if path and os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+            raise ValueError(f"{key} {path!r} is not a regular file (a device or a pipe cannot be read "
+                             "as a data set)")
     opts = dict(format=cfg.format, energy_unit=cfg.energy_unit, length_unit=cfg.length_unit)
     frames = read_dataset(cfg.data, energies=cfg.energies, topology=cfg.topology, index=cfg.index, **opts)
     if cfg.valid_data:

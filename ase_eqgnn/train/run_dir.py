@@ -111,8 +111,8 @@ class RunDirectory:
         Raises :class:`RunFolderError` (or :class:`~.resume.TrainStateError` for a damaged or
         foreign ``last.pt``) when the folder is not this run's; reads only, writes nothing.
         """
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise RunFolderError(f"--out {self.out!r} is a file, not a folder; give a new or empty folder")
+        if os.path.lexists(self.out) and not os.path.isdir(self.out):  # a file, a broken link, ...
+            raise RunFolderError(f"--out {self.out!r} exists and is not a folder; give a new or empty folder")
         entries = sorted(os.listdir(self.out)) if os.path.isdir(self.out) else []
         if not entries:
             return None
