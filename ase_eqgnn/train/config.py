@@ -36,7 +36,8 @@ DTYPES = ("float32", "float64")
 SPLITS = ("random", "contiguous")
 #: Upper bounds that keep a typo from exhausting the machine (a 1e6 Å cutoff builds neighbour lists
 #: of every atom with every other many times over; 10**6 threads or workers are never meant).
-MAX_CUTOFF = 20.0
+#: The cutoffs (Å) a model file may have (the checkpoint module refuses others on loading).
+CUTOFF_RANGE = (0.5, 20.0)
 MAX_THREADS = 1024
 MAX_WORKERS = 64
 
@@ -139,8 +140,8 @@ class TrainConfig:
             raise ValueError(f"num_workers must be <= {MAX_WORKERS}, got {self.num_workers}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
-        if self.cutoff > MAX_CUTOFF:
-            raise ValueError(f"cutoff must be at most {MAX_CUTOFF} Å, got {self.cutoff}")
+        if not CUTOFF_RANGE[0] <= self.cutoff <= CUTOFF_RANGE[1] and not math.isnan(self.cutoff):
+            raise ValueError(f"cutoff must be in [{CUTOFF_RANGE[0]}, {CUTOFF_RANGE[1]}] Å, got {self.cutoff}")
         for name in ("lr", "cutoff", "huber_delta"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):

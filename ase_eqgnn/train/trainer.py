@@ -72,8 +72,8 @@ class TrainResult:
     history: List[Dict[str, float]] = field(default_factory=list)
 
 
-#: Larger models are refused before anything is allocated (with AdamW, ~16 bytes per parameter).
-MAX_PARAMETERS = 100_000_000
+#: Larger models are refused before anything is allocated (the checkpoint module's bound on loading).
+MAX_PARAMETERS = 50_000_000
 
 
 def _check_model_size(name: str, species: Sequence[int], cutoff: float, hparams: Dict[str, Any]) -> None:
