@@ -422,51 +422,6 @@ def test_readers_and_writers(ala2, tmp_path):
         write_all_atom(tmp_path / "aa.txt", xyz[:2], top)
 
 
-# -- training -------------------------------------------------------------------------------------
-def test_trainer_run_dir_and_resume(tmp_path):
-    from ase_eqgnn.cg.train import train_backmap
-
-    cfg = {"traj": [str(ROOT / "training/data/ala2_test.h5")], "max_frames": 24, "batch_size": 12,
-           "val_eval_frames": 4, "model": SMALL.to_dict(), "out": str(tmp_path / "run")}
-    train_backmap(cfg, progress=False, max_epochs=1)
-    run = tmp_path / "run"
-    for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "learning_curve.png"):
-        assert (run / name).is_file(), name
-    first = torch.load(run / "last.pt", weights_only=True)
-    train_backmap(cfg, progress=False, max_epochs=2)
-    second = torch.load(run / "last.pt", weights_only=True)
-    assert first["epoch"] == 1 and second["epoch"] == 2
-    assert len(json.loads(second["history"])) == 2
-    assert len((run / "log.csv").read_text().strip().splitlines()) == 3
-    with pytest.raises(ValueError, match="unknown config key"):
-        train_backmap({**cfg, "learning_rate": 1.0})
-
-
-def test_trainer_init_from_fine_tunes(tmp_path):
-    """A run started with init_from begins at the given weights, with the new loss weights."""
-    from ase_eqgnn.cg.train import train_backmap
-
-    cfg = {"traj": [str(ROOT / "training/data/ala2_test.h5")], "max_frames": 24, "batch_size": 12,
-           "val_eval_frames": 4, "model": SMALL.to_dict()}
-    base = train_backmap({**cfg, "out": str(tmp_path / "base")}, progress=False, max_epochs=1)
-    start = load_checkpoint(base)["model_state"]
-    tuned = train_backmap({**cfg, "out": str(tmp_path / "tuned"), "init_from": str(base), "lr": 1e-12,
-                           "lr_min": 1e-12, "loss": {"sample_heavy_recon": 1.0}},
-                          progress=False, max_epochs=1)
-    end = load_checkpoint(tmp_path / "tuned" / "last.pt")["model_state_raw"]
-    for k, v in start.items():  # a vanishing learning rate: the weights are the ones loaded
-        assert torch.allclose(v, end[k], atol=1e-8), k
-    assert "val_sample_heavy_msd" in (tmp_path / "tuned" / "log.csv").read_text()
-    assert tuned.is_file()
-    with pytest.raises(ValueError, match="model does not match"):
-        train_backmap({**cfg, "out": str(tmp_path / "bad"), "init_from": str(base),
-                       "model": {**SMALL.to_dict(), "features": SMALL.features + 4}},
-                      progress=False, max_epochs=1)
-    with pytest.raises(ValueError, match="CG map differs"):
-        train_backmap({**cfg, "out": str(tmp_path / "bad2"), "init_from": str(base), "map": "residue"},
-                      progress=False, max_epochs=1)
-
-
 def test_sample_heavy_loss_only_counts_heavy_atoms(ala2):
     xyz, _, bonds, elements = ala2
     geom = GeometryTerms(elements, bonds)

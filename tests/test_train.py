@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -117,6 +118,38 @@ def test_cosine_schedule_follows_the_time_budget():
                              lr=1.0, max_epochs=1000, min_lr=0.0)
     untimed.step(0, 0.0, elapsed=50.0)  # no budget: elapsed time is ignored
     assert untimed.lambda_lr.optimizer.param_groups[0]["lr"] > 0.99
+
+
+def test_resumed_cosine_follows_a_raised_budget():
+    """Raising max_epochs or max_time on resume gives the learning rate a run started with it has."""
+    def sgd():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    one_go = sgd()
+    one_go_sched = EpochScheduler(one_go, "cosine", lr=1.0, max_epochs=4, min_lr=0.0)
+    one_go.step()
+    one_go_sched.step(0, 0.0)
+    short = sgd()
+    short_sched = EpochScheduler(short, "cosine", lr=1.0, max_epochs=1, min_lr=0.0)
+    short.step()
+    short_sched.step(0, 0.0)
+    assert short.param_groups[0]["lr"] == pytest.approx(0.0)  # its one-epoch schedule has ended
+    resumed = sgd()
+    resumed.load_state_dict(short.state_dict())
+    EpochScheduler(resumed, "cosine", lr=1.0, max_epochs=4, min_lr=0.0).load_state_dict(
+        short_sched.state_dict(), elapsed=1.0)
+    expected = 0.5 * (1 + math.cos(math.pi / 4))
+    assert resumed.param_groups[0]["lr"] == pytest.approx(one_go.param_groups[0]["lr"]) == pytest.approx(expected)
+
+    timed = sgd()
+    timed_sched = EpochScheduler(timed, "cosine", lr=1.0, max_epochs=1000, min_lr=0.0, max_time=100.0)
+    timed.step()
+    timed_sched.step(0, 0.0, elapsed=50.0)
+    longer = sgd()
+    longer.load_state_dict(timed.state_dict())
+    EpochScheduler(longer, "cosine", lr=1.0, max_epochs=1000, min_lr=0.0, max_time=200.0).load_state_dict(
+        timed_sched.state_dict(), elapsed=50.0)  # a quarter of the new budget used
+    assert longer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ data
