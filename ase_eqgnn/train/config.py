@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from ..checkpoint.potential import CUTOFF_RANGE_A
+
 __all__ = ["TrainConfig", "config_from_dict", "load_config", "save_config", "add_config_arguments",
            "config_from_args", "RESUME_MUTABLE_KEYS"]
 
@@ -34,10 +36,11 @@ SCHEDULERS = ("plateau", "cosine")
 LOSSES = ("mse", "huber")
 DTYPES = ("float32", "float64")
 SPLITS = ("random", "contiguous")
+LAYOUTS = ("auto", "reference")  # ase_eqgnn.models.neighborhood.LAYOUTS
 #: Upper bounds that keep a typo from exhausting the machine (a 1e6 Å cutoff builds neighbour lists
 #: of every atom with every other many times over; 10**6 threads or workers are never meant).
 #: The cutoffs (Å) a model file may have (the checkpoint module refuses others on loading).
-CUTOFF_RANGE = (0.5, 20.0)
+CUTOFF_RANGE = CUTOFF_RANGE_A
 MAX_THREADS = 1024
 MAX_WORKERS = 64
 
@@ -88,6 +91,8 @@ class TrainConfig:
     num_workers: int = _f(0, "DataLoader worker processes")
     num_threads: Optional[int] = _f(None, "torch CPU threads for this process; "
                                           "None = leave as is")
+    layout: str = _f("auto", "neighbour layout of the models: \"auto\" (each family's fast one) or "
+                             "\"reference\" (the plain edge list: same numbers, slower; for debugging)")
     keep_freed_memory: bool = _f(False, "on a CPU device, have glibc keep the memory torch frees for "
                                         "the next step (ase_eqgnn.heap): faster, but it changes the "
                                         "whole process, so a library run leaves it off; eqgnn-train "
@@ -121,6 +126,7 @@ class TrainConfig:
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("loss", self.loss, LOSSES)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("layout", self.layout, LAYOUTS)
         _choice("split", self.split, SPLITS)
         if self.valid_dtype is not None:
             _choice("valid_dtype", self.valid_dtype, DTYPES)
@@ -178,7 +184,7 @@ class TrainConfig:
 #: Keys that may differ between the run that wrote ``last.pt`` and the one resuming from it.
 RESUME_MUTABLE_KEYS = frozenset({
     "max_epochs", "max_time", "patience", "device", "num_workers", "num_threads", "progress",
-    "keep_freed_memory",
+    "keep_freed_memory", "layout",
     "test_data", "test_energies", "valid_batch_size", "valid_dtype",
 })
 

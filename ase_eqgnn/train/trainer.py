@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from .. import heap
-from ..checkpoint import save_model
+from ..checkpoint import MAX_PARAMETERS, probe_state_shapes, save_model
 from ..data.readers import Frame
 from ..domain import shortest_distances
 from ..models import build_model
@@ -72,21 +72,14 @@ class TrainResult:
     history: List[Dict[str, float]] = field(default_factory=list)
 
 
-#: Larger models are refused before anything is allocated (the checkpoint module's bound on loading).
-MAX_PARAMETERS = 50_000_000
-
-
 def _check_model_size(name: str, species: Sequence[int], cutoff: float, hparams: Dict[str, Any]) -> None:
-    """ValueError when the model would have more than MAX_PARAMETERS weights (counted on torch's
-    "meta" device, which allocates nothing)."""
-    try:
-        with torch.device("meta"):
-            probe = build_model(name, species, cutoff, hparams=dict(hparams))
-    except (RuntimeError, NotImplementedError):  # a family that computes while it builds (tp)
-        return
-    n = sum(p.numel() for p in probe.parameters())
+    """ValueError when the model would have more weights than a model file may hold (counted on
+    torch's "meta" device, which allocates nothing; the checkpoint module's bound on loading)."""
+    expected = probe_state_shapes(lambda: build_model(name, species, cutoff, hparams=dict(hparams)),
+                                  l_max=hparams.get("l_max"))
+    n = 0 if expected is None else sum(shape.numel() for shape, _ in expected.values())
     if n > MAX_PARAMETERS:
-        raise ValueError(f"hparams {hparams} give a {name} model of {n:,} parameters, more than "
+        raise ValueError(f"hparams {hparams} give a {name} model of {n:,} weights, more than "
                          f"{MAX_PARAMETERS:,}: choose fewer features or layers")
 
 
@@ -251,7 +244,7 @@ class Trainer(EpochTask):
             counts = self._counts(indices)
             stress = self.train_stress and counts.stress > 0 and bool(batch.stress_mask.any())
             out = self.ddp_model(batch.graph, forces=self.train_forces, stress=stress,
-                                 create_graph=self.train_forces or stress)
+                                 create_graph=self.train_forces or stress, layout=cfg.layout)
             terms = loss_terms(out, batch, self.weights, counts)
             self.optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():
@@ -312,10 +305,11 @@ class Trainer(EpochTask):
         model = model if model is not None else self._valid_model()
         if predictions is not None:  # gathered on this process alone
             return evaluate(model, samples, self.cfg.eval_batch_size, self.weights, self.device,
-                            predictions=predictions)
+                            predictions=predictions, layout=self.cfg.layout)
         return evaluate(model, samples, self.cfg.eval_batch_size, self.weights, self.device,
                         self.dist.rank, self.dist.world_size,
-                        reduce=lambda t: ddp.all_reduce_sum(t, self.dist, self.device))
+                        reduce=lambda t: ddp.all_reduce_sum(t, self.dist, self.device),
+                        layout=self.cfg.layout)
 
     def fit(self) -> TrainResult:
         """Train until max_epochs, early stopping or max_time; write the run directory; return results."""
