@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from ..checkpoint.potential import CUTOFF_RANGE_A
+from ..checkpoint.potential import CUTOFF_RANGE_A, check_hparams
 
 __all__ = ["TrainConfig", "config_from_dict", "load_config", "save_config", "add_config_arguments",
            "config_from_args", "RESUME_MUTABLE_KEYS"]
@@ -123,6 +123,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value."""
         _choice("model", self.model, _model_names())
+        check_hparams(self.hparams)  # the bounds a model file must keep, so every trained model loads
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("loss", self.loss, LOSSES)
         _choice("dtype", self.dtype, DTYPES)
