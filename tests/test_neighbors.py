@@ -108,7 +108,7 @@ def test_large_periodic_system_and_float32():
 
 @pytest.mark.parametrize("max_padding", [0.0, 1e9])  # always the flat run / always padded rows
 def test_both_candidate_layouts_match_ase(monkeypatch, max_padding):
-    import ase_eqgnn.neighbors as neighbors
+    import ase_eqgnn.neighbors.cell_list as neighbors
 
     monkeypatch.setattr(neighbors, "_MAX_PADDING", max_padding)
     rng = np.random.default_rng(4)
@@ -123,7 +123,7 @@ def test_both_candidate_layouts_match_ase(monkeypatch, max_padding):
 
 
 def test_many_chunks_give_the_same_list(monkeypatch):
-    import ase_eqgnn.neighbors as neighbors
+    import ase_eqgnn.neighbors.cell_list as neighbors
 
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((4, 4, 3))
     atoms.rattle(0.1, seed=5)
@@ -151,7 +151,7 @@ def test_pairs_within_float32_round_off_of_the_cutoff(pbc):
 
 @pytest.mark.parametrize("n_drop", [1, 7, 30, 50])
 def test_dropping_pairs_keeps_every_other_pair(n_drop):
-    from ase_eqgnn.neighbors import _drop
+    from ase_eqgnn.neighbors.screening import drop as _drop
 
     rng = np.random.default_rng(n_drop)
     a, b = torch.randperm(50), torch.arange(50) * 10
