@@ -4,8 +4,10 @@ torch-cluster (non-periodic batches on CUDA). Same conventions as the cell list.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from .frame import lattice_frame
@@ -62,15 +64,57 @@ def vesin_available() -> bool:
     return True
 
 
+# vesin-torch 0.6 sizes its cell grid from the extent of the atoms (non-periodic directions) or the
+# cell (periodic ones), one cell per cutoff, and caps the grid at 1e5 cells by rescaling the three
+# counts. For an elongated grid the rescaled count of a thin direction truncates to zero, and the
+# next integer division by it kills the process with SIGFPE: one atom 1e6 Å from a cluster, a slab
+# 1e4 Å wide. vesin is only handed grids that stay below the cap (half of it, for margin); the cell
+# list handles the rest.
+_VESIN_SAFE_GRID_CELLS = 50_000
+# Nor cells so thin that each atom meets thousands of images of the cell (a 0.01 Å cell: vesin
+# grows its list until the allocation fails); the cell list refuses those with a clear error.
+_VESIN_MAX_IMAGES = 5_000
+
+
+def vesin_grid_fits(positions: torch.Tensor, cutoff: float, cell: np.ndarray, pbc: np.ndarray) -> bool:
+    """Whether vesin-torch's cell grid for this structure stays below its cell cap, and the cell
+    is not so thin that atoms meet thousands of lattice images (see above).
+
+    ``positions`` [N, 3] (N > 0), ``cell`` [3, 3] and ``pbc`` [3] (numpy) of one structure."""
+    frame = lattice_frame(cell, pbc)
+    volume = abs(np.linalg.det(frame))
+    lo, hi = torch.aminmax(positions.detach(), dim=0)
+    extent = (hi - lo).to(torch.float64).cpu().numpy()
+    cells = images = 1.0
+    for d in range(3):
+        if pbc[d]:
+            length = volume / np.linalg.norm(np.cross(frame[(d + 1) % 3], frame[(d + 2) % 3]))
+            images *= 2 * math.ceil(cutoff / length) + 1
+        else:
+            length = 1.02 * max(float(extent[d]), 1.0)  # vesin pads the extent by 1 %
+        cells *= max(1.0, math.floor(length / cutoff))
+    return cells <= _VESIN_SAFE_GRID_CELLS and images <= _VESIN_MAX_IMAGES
+
+
 def vesin_neighbor_list(positions, cutoff: float, cell=None, pbc=None) -> Pairs:
-    """:func:`neighbor_list` computed by vesin-torch (single structures only; same conventions)."""
+    """:func:`~ase_eqgnn.neighbors.neighbor_list` computed by vesin-torch (single structures only;
+    same conventions).
+
+    Structures that vesin-torch cannot take safely go to the torch cell list instead: no atoms
+    (vesin raises), or a cell grid past vesin's cap (:func:`vesin_grid_fits`; vesin would crash the
+    process).
+    """
     from vesin_torch import NeighborList
+
+    from .cell_list import neighbor_list
 
     cutoff = check_cutoff(cutoff)
     positions = as_positions(positions)
     cell_np, pbc_np = as_cells(cell, pbc, 1, positions.device)
     if pbc_np[0].any():
         lattice_frame(cell_np[0], pbc_np[0])  # same singular-cell error as ours
+    if positions.shape[0] == 0 or not vesin_grid_fits(positions, cutoff, cell_np[0], pbc_np[0]):
+        return neighbor_list(positions, cutoff, cell_np[0], pbc_np[0])
     box = torch.as_tensor(cell_np[0], dtype=positions.dtype, device=positions.device)
     periodic = torch.as_tensor(pbc_np[0], device=positions.device)
     i, j, shifts = NeighborList(cutoff=cutoff, full_list=True).compute(

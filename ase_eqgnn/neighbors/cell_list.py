@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .backends import cluster_available, cluster_neighbor_list
-from .frame import lattice_frame
+from .frame import lattice_frames
 from .inputs import as_cells, as_positions, check_cutoff
 from .screening import (FIELD_BIAS, PACK_LIMIT, bin_gap_sq, pack, screen_flat, screen_windows,
                         unpack)
@@ -46,6 +46,12 @@ Pairs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 # Candidate pairs per chunk: bounds peak memory (~100 bytes per candidate) for very large systems.
 _MAX_CANDIDATES_PER_CHUNK = 4_000_000
+# Refused as far denser than matter (overlapping atoms, a periodic cell far smaller than its
+# contents): dense solids hold ~100 neighbours per atom within 6 Å, ~4,000 within 15 Å.
+_MAX_NEIGHBOURS_PER_ATOM = 20_000
+# Bin offsets (lattice images of the bin grid) visited per bin: a cell ~30x thinner than the cutoff
+# along all three periodic directions. Beyond it the tables alone would fill the memory.
+_MAX_BIN_OFFSETS = 250_000
 # Padded candidate rows are used while they hold at most this many slots per real candidate.
 _MAX_PADDING = 2.5
 
@@ -106,7 +112,7 @@ def batched_neighbor_list(
     if use_cluster and not pbc_np.any() and device.type == "cuda" and cluster_available():
         return cluster_neighbor_list(positions, cutoff, batch)
 
-    frames = np.stack([lattice_frame(cell_np[b], pbc_np[b], b) for b in range(n_graphs)])
+    frames = lattice_frames(cell_np, pbc_np)
     f64 = torch.float64
     pos = positions.detach().to(f64)
     cell_t = torch.as_tensor(cell_np, dtype=f64, device=device)
@@ -166,10 +172,13 @@ def batched_neighbor_list(
         length = span[b] * heights  # extent of the binned region along each direction, Å
         target = cutoff / subdivisions
         nb = np.maximum(1, np.floor(length / target)).astype(np.int64)
-        # Sparse systems: never more bins than ~2 per atom (the cost would be in empty bins).
+        # Sparse systems: never more bins than ~2 per atom (the cost would be in empty bins). The
+        # direction with the most bins is coarsened first, so that a cluster with one far-away atom
+        # keeps its bins across the cluster (coarsening all three would put it in one bin).
         limit = max(2 * int(counts_per_graph[b]), 8)
-        while np.prod(nb) > limit:
-            nb = np.maximum(1, nb // 2)
+        while np.prod(nb.astype(np.float64)) > limit:  # float: the product of three may overflow
+            widest = int(np.argmax(nb))
+            nb[widest] = max(1, nb[widest] // 2)
         n_bins[b] = nb
         thickness[b] = length / nb
         for d in range(3):
@@ -204,6 +213,14 @@ def batched_neighbor_list(
 
     # Half of the bin offsets: the own bin (pairs j > i) and the lexicographically positive ones.
     k = reach.max(axis=0)
+    if np.prod(2.0 * k + 1) / 2 > _MAX_BIN_OFFSETS:
+        b = int(np.argmax(reach.max(axis=1)))
+        d = int(np.argmax(reach[b]))
+        raise ValueError(
+            f"structure {b} is {thickness[b, d]:.3g} Å thick along its periodic direction "
+            f"{'xyz'[d]}, {cutoff / thickness[b, d]:.3g} times thinner than the cutoff {cutoff} Å: "
+            "each atom would meet its own images hundreds of times; give the real cell (or a "
+            "reduced one: ase.geometry.minkowski_reduce)")
     offsets = [o for o in itertools.product(*(range(-kk, kk + 1) for kk in k)) if o >= (0, 0, 0)]
     offsets_t = torch.as_tensor(offsets, dtype=torch.long, device=device).reshape(-1, 3)
     n_off = offsets_t.shape[0]
@@ -266,9 +283,10 @@ def batched_neighbor_list(
         s_wrap_code = pack(wrap[order]) if packed_wrap and largest_wrap else None
 
     i_parts, j_parts, code_parts = [], [], []
-    chunk = max(1, _MAX_CANDIDATES_PER_CHUNK // max(1, n_off * 4))
-    for start in range(0, n_atoms, chunk):
-        stop = min(n_atoms, start + chunk)
+    n_pairs, most_pairs = 0, _MAX_NEIGHBOURS_PER_ATOM * n_atoms // 2  # half list
+    chunks, candidates = _chunks(tab_count, s_bin, n_off)
+    total_candidates, screened = float(candidates[-1]), 0.0
+    for start, stop in chunks:
         t = s_bin[start:stop]
         first = tab_first.index_select(0, t)  # [n, M]
         count = tab_count.index_select(0, t)
@@ -297,6 +315,17 @@ def batched_neighbor_list(
         else:
             row, sj = screen_flat(s_cols, shift_cols, atom, table_row, starts, cnt, n_cand,
                                    cutoff_sq)
+        # Too dense: more pairs than the bound, or on course for twice the bound (the pairs found
+        # per candidate screened so far, times all candidates; a full chunk screened first).
+        n_pairs += row.numel()
+        screened = float(candidates[stop])
+        on_course = screened >= min(total_candidates, _MAX_CANDIDATES_PER_CHUNK) and \
+            n_pairs / screened * total_candidates > 2 * most_pairs
+        if n_pairs > most_pairs or on_course:
+            raise ValueError(
+                f"more than {_MAX_NEIGHBOURS_PER_ATOM:,} neighbours per atom within the cutoff "
+                f"{cutoff} Å: far denser than any material (overlapping atoms, or a periodic cell "
+                "much smaller than its contents?); check the structure")
         i_parts.append(order.index_select(0, atom).index_select(0, row))
         j_parts.append(order.index_select(0, sj))
         if periodic:
@@ -328,6 +357,26 @@ def batched_neighbor_list(
                 0, j_full[:n_half])
         torch.neg(shifts[:n_half], out=shifts[n_half:])
     return i_full, j_full, shifts
+
+
+def _chunks(tab_count: torch.Tensor, s_bin: torch.Tensor, n_off: int):
+    """``(start, stop)`` runs of sorted atoms with about ``_MAX_CANDIDATES_PER_CHUNK`` candidates
+    each (an atom's candidates: the atoms of its neighbouring bins; its rows: one per bin offset,
+    counted as 4 candidates), so that dense bins do not multiply the memory of one chunk; and the
+    number of candidates before each sorted atom, [N + 1] (numpy; an upper bound: the own bin is
+    counted whole)."""
+    n_atoms = s_bin.shape[0]
+    per_atom = tab_count.sum(1).index_select(0, s_bin)
+    before = np.concatenate([[0], torch.cumsum(per_atom, 0).cpu().numpy()])
+    weight = per_atom.clamp(min=4 * n_off)
+    total = int(weight.sum())
+    if total <= _MAX_CANDIDATES_PER_CHUNK:
+        return [(0, n_atoms)], before
+    cumulative = torch.cumsum(weight, 0)
+    marks = torch.arange(1, total // _MAX_CANDIDATES_PER_CHUNK + 1, device=s_bin.device)
+    ends = torch.searchsorted(cumulative, marks * _MAX_CANDIDATES_PER_CHUNK, right=True).tolist()
+    bounds = sorted(set([0] + [min(max(e, 1), n_atoms) for e in ends] + [n_atoms]))
+    return list(zip(bounds[:-1], bounds[1:])), before
 
 
 def image_offsets(shifts: torch.Tensor, cell: torch.Tensor,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from .backends import vesin_available, vesin_neighbor_list
 from .cell_list import Pairs, batched_neighbor_list, image_offsets, neighbor_list
-from .inputs import as_positions, check_cutoff
+from .inputs import as_positions, check_cutoff, check_length
 
 
 class VerletList:
@@ -37,20 +35,41 @@ class VerletList:
         if backend == "vesin" and not vesin_available():
             raise ValueError("backend='vesin' needs the vesin-torch package: pip install vesin-torch")
         self.backend = backend
-        skin = float(skin)
-        if not math.isfinite(skin) or skin < 0:
-            raise ValueError(f"skin must be a finite non-negative number of Å, got {skin}")
-        self.skin = skin
+        self.skin = check_length(skin, "skin")
         self.builds = 0
         self._ref = None  # (positions, cell, pbc, numbers, batch) at the last build
         self._pairs = None
         self._offsets = None  # the stored pairs' S @ cell (fixed until a rebuild), in one dtype
+
+    @property
+    def built_pairs(self):
+        """The stored list as built, ``(i, j, shifts)``: every pair within ``cutoff + skin`` at the
+        last build (None before the first call)."""
+        return self._pairs
 
     def reset(self) -> None:
         """Forget the stored list; the next call rebuilds."""
         self._ref = None
         self._pairs = None
         self._offsets = None
+
+    def needs_rebuild(self, positions: torch.Tensor, cell=None, pbc=None, numbers=None,
+                      batch=None) -> bool:
+        """Whether a call with these arguments would rebuild the list (same arguments as the call).
+        """
+        positions = as_positions(positions)
+        return self._needs_rebuild(positions, *self._as_tensors(positions.device, cell, pbc,
+                                                                numbers, batch))
+
+    @staticmethod
+    def _as_tensors(dev, cell, pbc, numbers, batch):
+        """``cell``, ``pbc``, ``numbers``, ``batch`` as tensors on ``dev`` (None stays None)."""
+        cell_t = None if cell is None else torch.as_tensor(cell, device=dev).detach()
+        pbc_t = None if pbc is None else torch.as_tensor(np.asarray(pbc.cpu()) if isinstance(
+            pbc, torch.Tensor) else np.asarray(pbc), device=dev)
+        numbers_t = None if numbers is None else torch.as_tensor(numbers, device=dev)
+        batch_t = None if batch is None else torch.as_tensor(batch, device=dev)
+        return cell_t, pbc_t, numbers_t, batch_t
 
     def _needs_rebuild(self, positions, cell, pbc, numbers, batch) -> bool:
         if self._ref is None:
@@ -78,13 +97,9 @@ class VerletList:
         next rebuild (for a model whose cutoff envelope zeroes the extra pairs, as a CUDA graph
         needs fixed shapes)."""
         positions = as_positions(positions)
-        dev = positions.device
         # Compared as given; copied only when stored at a rebuild (the caller may reuse its arrays).
-        cell_t = None if cell is None else torch.as_tensor(cell, device=dev).detach()
-        pbc_t = None if pbc is None else torch.as_tensor(np.asarray(pbc.cpu()) if isinstance(
-            pbc, torch.Tensor) else np.asarray(pbc), device=dev)
-        numbers_t = None if numbers is None else torch.as_tensor(numbers, device=dev)
-        batch_t = None if batch is None else torch.as_tensor(batch, device=dev)
+        cell_t, pbc_t, numbers_t, batch_t = self._as_tensors(positions.device, cell, pbc, numbers,
+                                                             batch)
         if self._needs_rebuild(positions, cell_t, pbc_t, numbers_t, batch_t):
             cell_t, pbc_t, numbers_t, batch_t = (None if t is None else t.clone()
                                                  for t in (cell_t, pbc_t, numbers_t, batch_t))
