@@ -113,8 +113,10 @@ class EqGNNCalculator(Calculator):
         calculator; "raise" raises :class:`~ase_eqgnn.errors.OutOfDomainError`.
     domain_fraction : in (0, 1], default 0.75 (:data:`ase_eqgnn.domain.DEFAULT_FRACTION`).
     num_threads : torch intra-op threads during this calculator's calls (None: leave torch's
-        setting). The caller's setting is restored after each call. On a shared machine 1 is often
-        fastest: with a thread per busy core, torch's threads wait for each other.
+        setting). The caller's setting is restored after each call, also when it fails (torch's
+        setting is process-wide, so threads of the host that run torch at the same time see it
+        too). On a shared machine 1 is often fastest: with a thread per busy core, torch's threads
+        wait for each other.
     cuda_graphs : on a GPU, replay the model as a CUDA graph captured once per neighbour list
         (:class:`~ase_eqgnn.cuda_graphs.CapturedPotential`): "auto" for lists of up to 100,000
         pairs, from a list's second call on (sixth after a short-lived list); True for every list

@@ -285,7 +285,7 @@ def batched_neighbor_list(
     i_parts, j_parts, code_parts = [], [], []
     n_pairs, most_pairs = 0, _MAX_NEIGHBOURS_PER_ATOM * n_atoms // 2  # half list
     chunks, candidates = _chunks(tab_count, s_bin, n_off)
-    total_candidates, screened = float(candidates[-1]), 0.0
+    total_candidates = float(candidates[n_atoms])
     for start, stop in chunks:
         t = s_bin[start:stop]
         first = tab_first.index_select(0, t)  # [n, M]
@@ -362,21 +362,21 @@ def batched_neighbor_list(
 def _chunks(tab_count: torch.Tensor, s_bin: torch.Tensor, n_off: int):
     """``(start, stop)`` runs of sorted atoms with about ``_MAX_CANDIDATES_PER_CHUNK`` candidates
     each (an atom's candidates: the atoms of its neighbouring bins; its rows: one per bin offset,
-    counted as 4 candidates), so that dense bins do not multiply the memory of one chunk; and the
-    number of candidates before each sorted atom, [N + 1] (numpy; an upper bound: the own bin is
-    counted whole)."""
+    counted as 4 candidates), so that dense bins do not multiply the memory of one chunk; and
+    ``{stop: candidates of the atoms before stop}`` (an upper bound: the own bin counts whole)."""
     n_atoms = s_bin.shape[0]
     per_atom = tab_count.sum(1).index_select(0, s_bin)
-    before = np.concatenate([[0], torch.cumsum(per_atom, 0).cpu().numpy()])
     weight = per_atom.clamp(min=4 * n_off)
     total = int(weight.sum())
     if total <= _MAX_CANDIDATES_PER_CHUNK:
-        return [(0, n_atoms)], before
+        return [(0, n_atoms)], {n_atoms: int(per_atom.sum())}
     cumulative = torch.cumsum(weight, 0)
     marks = torch.arange(1, total // _MAX_CANDIDATES_PER_CHUNK + 1, device=s_bin.device)
     ends = torch.searchsorted(cumulative, marks * _MAX_CANDIDATES_PER_CHUNK, right=True).tolist()
     bounds = sorted(set([0] + [min(max(e, 1), n_atoms) for e in ends] + [n_atoms]))
-    return list(zip(bounds[:-1], bounds[1:])), before
+    stops = torch.as_tensor(bounds[1:], device=s_bin.device)
+    before = torch.cumsum(per_atom, 0).index_select(0, stops - 1).tolist()
+    return list(zip(bounds[:-1], bounds[1:])), dict(zip(bounds[1:], before))
 
 
 def image_offsets(shifts: torch.Tensor, cell: torch.Tensor,
