@@ -287,3 +287,18 @@ def test_calculator_layout_option_selects_the_reference_path():
         np.testing.assert_allclose(got["auto"][key], got["reference"][key], rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="layout must be one of"):
         EqGNNCalculator(model, layout="fast")
+
+
+@pytest.mark.parametrize("name", ["painn", "tp", "egnn"])
+@pytest.mark.parametrize("n_atoms", [0, 1])
+def test_structures_without_edges_have_zero_interaction_energy(name, n_atoms):
+    """No atoms, or one isolated atom: energy E0 (or 0), zero forces, in both layouts."""
+    model = make(name)
+    atoms = Atoms("C" * n_atoms, positions=np.zeros((n_atoms, 3)))
+    graph = AtomicGraph.from_atoms(atoms).with_neighbors(model.cutoff)
+    for layout in ("auto", "reference"):
+        out = model(graph, forces=True, layout=layout)
+        assert out[keys.FORCES].shape == (n_atoms, 3) and not out[keys.FORCES].any()
+        assert out[keys.ENERGIES].shape == (n_atoms,)
+    if n_atoms == 0:
+        assert float(out[keys.ENERGY][0]) == 0.0

@@ -50,6 +50,7 @@ import torch
 import yaml
 from ase.units import nm
 
+from ..dtypes import resolve_dtype
 from ..train.distributed import resolve_device
 from ..train.ema import make_ema
 from ..train.loop import EpochLoop, EpochTask
@@ -147,8 +148,7 @@ def _check_values(cfg: Dict) -> None:
     number("max_time", 0, inclusive=False, optional=True)
     number("val_fraction", 0, inclusive=False, high=1)
     number("ema_decay", 0, high=1)
-    if cfg["dtype"] not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {cfg['dtype']!r}")
+    resolve_dtype(cfg["dtype"])  # ValueError naming the choices
 
 
 def load_trajectories(paths: Sequence[str], top: Optional[str] = None, stride: int = 1):
@@ -257,7 +257,7 @@ class BackmapTask(EpochTask):
         self.device = resolve_device(cfg["device"])
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
-        dtype = getattr(torch, cfg["dtype"])
+        dtype = resolve_dtype(cfg["dtype"])
 
         xyz, self.topology = load_trajectories(cfg["traj"], cfg["top"], cfg["stride"])
         if cfg["max_frames"]:

@@ -92,8 +92,8 @@ def build_neighborhood(edge_index: torch.Tensor, n_nodes: int, layout: str = "au
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if layout == "reference" or fast_layout is None:
-        return EdgeList(edge_index, n_nodes)
+    if layout == "reference" or fast_layout is None or edge_index.shape[1] == 0:
+        return EdgeList(edge_index, n_nodes)  # (without edges there is nothing to lay out)
     from .layouts import neighborhoods
 
     return neighborhoods(edge_index, n_nodes, **fast_layout)

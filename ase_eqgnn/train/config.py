@@ -28,13 +28,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import yaml
 
 from ..checkpoint.potential import CUTOFF_RANGE_A, check_hparams
+from ..dtypes import DTYPES as _DTYPE_TABLE
 
 __all__ = ["TrainConfig", "config_from_dict", "load_config", "save_config", "add_config_arguments",
            "config_from_args", "RESUME_MUTABLE_KEYS"]
 
 SCHEDULERS = ("plateau", "cosine")
 LOSSES = ("mse", "huber")
-DTYPES = ("float32", "float64")
+DTYPES = tuple(_DTYPE_TABLE)  # ase_eqgnn.dtypes
 SPLITS = ("random", "contiguous")
 LAYOUTS = ("auto", "reference")  # ase_eqgnn.models.neighborhood.LAYOUTS
 #: Upper bounds that keep a typo from exhausting the machine (a 1e6 Å cutoff builds neighbour lists

@@ -103,7 +103,9 @@ def build_samples(frames: Sequence[Frame], cutoff: float, chunk: int = 64) -> Li
     for start in range(0, len(frames), chunk):
         part = frames[start:start + chunk]
         graphs = [AtomicGraph.from_arrays(f.positions, f.numbers, f.cell, f.pbc) for f in part]
-        big = AtomicGraph.collate(graphs).with_neighbors(cutoff)
+        # near_origin: float32 training then resolves distances to the size of each structure, not
+        # to its distance from the origin (positions far out in a file lose nothing)
+        big = AtomicGraph.collate(graphs).with_neighbors(cutoff).near_origin()
         edge_graph = big.batch[big.edge_index[0]]
         order = torch.argsort(edge_graph, stable=True)
         counts = torch.bincount(edge_graph, minlength=len(part)).tolist()
@@ -112,6 +114,7 @@ def build_samples(frames: Sequence[Frame], cutoff: float, chunk: int = 64) -> Li
             ei = big.edge_index[:, idx] - int(off)
             edge_index, shifts = _sorted_edges(ei[0], ei[1], big.shifts[idx])
             g.edge_index, g.shifts = edge_index, shifts
+            g.positions = big.positions[int(off):int(off) + g.num_atoms].clone()
             samples.append(Sample(
                 graph=g,
                 energy=None if f.energy is None else float(f.energy),

@@ -14,13 +14,13 @@ import torch
 
 from ..checkpoint import load_model
 from ..data.readers import read_dataset
+from ..dtypes import resolve_dtype
 from .data import build_samples
 from .distributed import resolve_device
 from .metrics import Predictions, evaluate
 
 __all__ = ["evaluate_model"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[str, os.PathLike],
@@ -42,9 +42,7 @@ def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[
         model = load_model(model, map_location=dev)
     model = model.to(dev)
     if dtype is not None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        model = model.to(_DTYPES[dtype])
+        model = model.to(resolve_dtype(dtype))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     frames = read_dataset(data, **read_options)

@@ -37,6 +37,7 @@ from .. import heap
 from ..checkpoint import MAX_PARAMETERS, probe_state_shapes, save_model
 from ..data.readers import Frame
 from ..domain import shortest_distances
+from ..dtypes import resolve_dtype
 from ..models import build_model
 from ..models.blocks import normalize_species
 from . import distributed as ddp
@@ -118,8 +119,8 @@ class Trainer(EpochTask):
             heap.keep_freed_memory()
         self._log = log or (lambda msg: print(msg, flush=True))
         self.out = cfg.out
-        self.dtype = getattr(torch, cfg.dtype)
-        self.valid_dtype = getattr(torch, cfg.valid_dtype or cfg.dtype)
+        self.dtype = resolve_dtype(cfg.dtype)
+        self.valid_dtype = resolve_dtype(cfg.valid_dtype or cfg.dtype)
         self.weights = LossWeights(cfg.energy_weight, cfg.forces_weight, cfg.stress_weight, cfg.loss,
                                    cfg.huber_delta)
         self._setup_data(train_frames, valid_frames, test_frames)
