@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":
-        keep_freed_memory()  # as EqGNNCalculator and training do on the CPU
+        keep_freed_memory()  # as the eqgnn-* commands do (the calculator on request)
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
