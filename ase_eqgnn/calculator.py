@@ -30,6 +30,7 @@ from ase.data import chemical_symbols
 from . import heap, keys
 from .checkpoint import load_model
 from .compiled import CompiledEnergies
+from .errors import AtomsTooCloseError
 from .cuda_graphs import CapturedPotential
 from .graph import AtomicGraph, edge_vectors
 from .models.potential import Potential
@@ -178,7 +179,7 @@ class EqGNNCalculator(Calculator):
                          graph.shifts).norm(dim=1)
         k = int(torch.argmin(d))
         if float(d[k]) < self.min_distance:
-            raise ValueError(
+            raise AtomsTooCloseError(
                 f"atoms {int(i[k])} and {int(j[k])} are {float(d[k]):.3g} Å apart (closer than "
                 f"min_distance={self.min_distance} Å): overlapping atoms; fix the structure")
         return float(d[k])

@@ -12,7 +12,7 @@ from ase.io import read, write
 from ase_eqgnn import EqGNNCalculator, build_model, save_model
 from ase_eqgnn.cli import md as md_cli
 from ase_eqgnn.cli import relax as relax_cli
-from ase_eqgnn.simulate import relax, run_md
+from ase_eqgnn.simulate import relax, run_md, thermalize
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +78,22 @@ def test_nvt_holds_the_target_temperature_of_a_small_cluster():
 
 
 def test_blow_up_is_detected_and_files_kept(model, tmp_path):
+    # a cold start (100 K) under a strong 3000 K thermostat heats past the 400 K limit within 50 steps
     calc = EqGNNCalculator(model, dtype="float64")
-    s = run_md(copper(), calc, "nvt", temperature_K=300, steps=50, interval=5, max_temperature_K=1.0,
-               traj=str(tmp_path / "b.traj"), log=str(tmp_path / "b.csv"), plot=None, progress=False)
+    atoms = copper()
+    thermalize(atoms, 100.0, np.random.default_rng(0))
+    s = run_md(atoms, calc, "nvt", temperature_K=3000, friction_per_fs=0.1, steps=50, interval=5,
+               max_temperature_K=400.0, traj=str(tmp_path / "b.traj"), log=str(tmp_path / "b.csv"),
+               plot=None, progress=False)
     assert not s.completed and "temperature ran away" in s.message
-    assert len(read(tmp_path / "b.traj", ":")) >= 1
+    frames = read(tmp_path / "b.traj", ":")
+    assert 1 <= len(frames) < 11 and s.files == {"traj": str(tmp_path / "b.traj"),
+                                                  "log": str(tmp_path / "b.csv")}
+    # a start already above the limit is the caller's mistake: nothing is written
+    with pytest.raises(ValueError, match="starting structure"):
+        run_md(copper(), calc, "nvt", temperature_K=300, steps=5, max_temperature_K=1.0,
+               traj=str(tmp_path / "c.traj"), log=None, plot=None, progress=False)
+    assert not (tmp_path / "c.traj").exists()
     mol = molecule("CH4")
     mol.calc = EqGNNCalculator(model, dtype="float64")
     momenta = np.zeros((5, 3))
@@ -120,5 +131,5 @@ def test_command_line_front_ends(model, tmp_path, capsys):
                          "--out", str(tmp_path / "relaxed.xyz")])
     assert rc == 0
     assert "converged" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="does not exist"):
-        md_cli.main([str(tmp_path / "cu.xyz"), "--model", str(tmp_path / "missing.pt")])
+    assert md_cli.main([str(tmp_path / "cu.xyz"), "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err

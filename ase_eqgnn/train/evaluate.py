@@ -14,11 +14,15 @@ import torch
 
 from ..checkpoint import load_model
 from ..data.readers import read_dataset
+from ..outputs import OutputFiles
 from .data import build_samples
 from .distributed import resolve_device
 from .metrics import Predictions, evaluate
 
-__all__ = ["evaluate_model"]
+__all__ = ["evaluate_model", "PLOT_SUFFIXES"]
+
+#: Parity plot formats (matplotlib picks the format from the extension).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -31,12 +35,16 @@ def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[
     ``model`` is a model file path (``save_model`` format, e.g. ``run/best.pt``) or a Potential;
     ``read_options`` go to :func:`ase_eqgnn.data.read_dataset` (format, energy_unit, energies, ...).
     ``dtype`` "float32"/"float64" casts the model (None keeps the stored precision); ``plot`` writes
-    energy/force parity plots to that PNG path.
+    energy/force parity plots to that PNG path (``.pdf``/``.svg`` too), written under a temporary name
+    and moved into place at the end: a failed evaluation leaves an existing file as it was.
 
     Returns ``energy_mae``, ``energy_rmse`` (meV/atom), ``forces_mae``, ``forces_rmse`` (meV/Å),
     ``stress_mae``, ``stress_rmse`` (meV/Å^3, only when the data have stress), ``n_frames`` and
     ``n_atoms`` (total); metrics without reference data are NaN.
     """
+    outputs = OutputFiles([data] + ([] if isinstance(model, torch.nn.Module) else [model]))
+    if plot:
+        outputs.add(plot, "parity plot", PLOT_SUFFIXES)  # checked before the work, not after
     dev = resolve_device(device)
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, map_location=dev)
@@ -60,5 +68,7 @@ def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[
     if plot:
         from .plots import plot_parities
 
-        plot_parities(preds.arrays(), plot, title=os.path.basename(os.fspath(data)))
+        with outputs:
+            plot_parities(preds.arrays(), outputs.start(plot), title=os.path.basename(os.fspath(data)))
+            outputs.commit()
     return metrics
