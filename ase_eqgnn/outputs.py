@@ -57,13 +57,13 @@ def check_output_path(path, what: str = "output", suffixes: Optional[Sequence[st
     name = os.path.basename(path)
     if not name or name in (".", ".."):
         raise ValueError(f"the {what} path {path!r} names a folder, not a file")
+    if os.path.isdir(path):
+        raise ValueError(f"the {what} path {path!r} is a folder; give a file name")
     if suffixes is not None:
         suffix = os.path.splitext(name)[1].lower()
         if suffix not in suffixes:
             raise ValueError(f"unsupported {what} extension {suffix or '(none)'!r} in {path!r}; use "
                              + ", ".join(suffixes))
-    if os.path.isdir(path):
-        raise ValueError(f"the {what} path {path!r} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     existing = folder
     while not os.path.exists(existing):

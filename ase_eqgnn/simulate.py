@@ -78,13 +78,14 @@ def isolated_atoms(atoms: Atoms, radius: float) -> np.ndarray:
 
 def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
     """Maxwell-Boltzmann velocities at ``temperature_K`` without net momentum (nor net rotation for
-    an isolated structure of two or more atoms)."""
+    an isolated structure of two or more atoms); a single atom is left at rest."""
     if _thermalize_momenta is not None:
         _thermalize_momenta(atoms, temperature_K, rng=rng)
     else:
         velocitydistribution.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    velocitydistribution.Stationary(atoms)
-    if not atoms.pbc.any() and len(atoms) > 1:  # one atom at rest: ASE's ZeroRotation gives NaN
+    # A single atom at rest has no temperature to restore: rescaling to it (ASE's default) gives NaN.
+    velocitydistribution.Stationary(atoms, preserve_temperature=len(atoms) > 1)
+    if not atoms.pbc.any() and len(atoms) > 1:  # and so would ZeroRotation
         with np.errstate(invalid="ignore", divide="ignore"):  # a linear molecule's zero moment
             velocitydistribution.ZeroRotation(atoms)
 

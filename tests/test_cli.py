@@ -1,0 +1,307 @@
+"""The installed ``eqgnn-*`` commands as a user meets them: run as subprocesses on bad inputs, on a run
+stopped by the physics, and on a run that succeeds, in a folder holding an earlier run's files.
+
+For every bad input: exit code 2, one line ``eqgnn-xxx: error: ...`` naming the problem, no traceback,
+and the folder exactly as it was (every file byte for byte, no file added). The long table runs in CI
+(``-m slow``); a few cases of each command run in the fast suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.io import read, write
+
+from ase_eqgnn import build_model, save_model
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Bytes an earlier run left: any change to them is a lost file.
+EARLIER_RUN = {name: f"earlier run's {name}\n".encode() * 50 for name in
+               ("md.traj", "md.csv", "md.png", "md.json", "relaxed.xyz", "relax.traj", "aa.pdb",
+                "metrics.json", "parity.png", "notes.txt")}
+
+
+def console_script(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"console script {name} is not installed (pip install -e .)"
+    return found
+
+
+def run_tool(name: str, args, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    # no GPU for the commands, so --device cuda is a user error on every machine
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([console_script(name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    model = build_model("painn", species=[1, 6, 8, 29], cutoff=4.0, features=16, layers=2)
+    with torch.no_grad():
+        model.scale.fill_(0.5)
+    return model
+
+
+def head_on(distance: float = 1.0, speed_A_per_fs: float = 0.04) -> Atoms:
+    """Two H atoms flying at each other: within min_distance (0.1 Å) after ~22 steps of 0.5 fs."""
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, distance]])
+    v = speed_A_per_fs * units.Ang / units.fs
+    atoms.set_velocities([[0, 0, v], [0, 0, -v]])
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A folder with inputs (good and bad) and the files of an earlier run."""
+    folder = tmp_path_factory.mktemp("template")
+    save_model(tiny_model(), folder / "tiny.pt")
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    cu.rattle(0.02, seed=0)
+    write(folder / "cu.xyz", cu)
+    write(folder / "h2o.xyz", molecule("H2O"))
+    write(folder / "start.traj", molecule("H2O"))
+    write(folder / "au.xyz", Atoms("Au2", positions=[[0, 0, 0], [0, 0, 2.5]]))
+    write(folder / "overlap.xyz", Atoms("H2O", positions=[[0, 0, 0], [0, 0, 0.05], [0, 1, 0]]))
+    write(folder / "single.xyz", Atoms("H", positions=[[0, 0, 0]]))
+    write(folder / "collide.extxyz", head_on())
+    nan_atoms = molecule("H2O")
+    nan_atoms.positions[1, 0] = np.nan
+    write(folder / "nan.extxyz", nan_atoms)
+    (folder / "empty.xyz").write_text("")
+    (folder / "garbage.xyz").write_bytes(os.urandom(2000))
+    (folder / "garbage.pt").write_bytes(b"not a model\n" * 10)
+    (folder / "a_folder").mkdir()
+    shutil.copy(ROOT / "training" / "data" / "cu_emt_test.extxyz", folder / "cu_data.extxyz")
+    # CG input for the bundled ala2 back-mapper: 2 frames of its 5 beads, and broken variants
+    import mdtraj
+
+    from ase_eqgnn.cg.maps import ala2_five_bead_map
+    from ase_eqgnn.structures import structure_path
+
+    traj = mdtraj.load(str(structure_path("ala2")))
+    cg = ala2_five_bead_map(traj.topology).bead_positions(np.repeat(traj.xyz * 10.0, 2, axis=0))
+    np.save(folder / "cg.npy", cg)
+    np.save(folder / "cg4.npy", cg[:, :4])
+    cg_nan = cg.copy()
+    cg_nan[0, 0, 0] = np.nan
+    np.save(folder / "cg_nan.npy", cg_nan)
+    np.save(folder / "cg_object.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for name, data in EARLIER_RUN.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture
+def workdir(template, tmp_path) -> Path:
+    folder = tmp_path / "run"
+    shutil.copytree(template, folder)
+    return folder
+
+
+# (command, arguments, a fragment the one-line error must contain); cwd is a copy of the template
+MD_MODEL = ["--model", "tiny.pt", "--no-progress", "--steps", "5"]
+BAD_INPUTS = {
+    # -------------------------------------------------------------------------------- eqgnn-md
+    "md-unknown-element": ("eqgnn-md", ["au.xyz", *MD_MODEL], "Au not known to this model"),
+    "md-temperature-nan": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--temperature", "nan"], "--temperature"),
+    "md-collision-at-step-0": ("eqgnn-md", ["overlap.xyz", *MD_MODEL], "overlapping"),
+    "md-traj-extension": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--traj", "md.dcd"], "extension '.dcd'"),
+    "md-temperature-negative": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--temperature", "-100"], ">= 0"),
+    "md-timestep-nan": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--timestep", "nan"], "--timestep"),
+    "md-timestep-zero": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--timestep", "0"], "> 0"),
+    "md-steps-negative": ("eqgnn-md", ["cu.xyz", "--model", "tiny.pt", "--steps", "-5"], "--steps"),
+    "md-interval-zero": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--interval", "0"], "--interval"),
+    "md-friction-nan": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--friction", "nan"], "--friction"),
+    "md-pressure-inf": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--pressure", "inf"], "--pressure"),
+    "md-seed-negative": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--seed", "-1"], "--seed"),
+    "md-threads-zero": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--threads", "0"], "--threads"),
+    "md-threads-huge": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--threads", "100000000"], "--threads"),
+    "md-device-cuda": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--device", "cuda"], "CUDA"),
+    "md-device-meta": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--device", "meta"], "not supported"),
+    "md-device-garbage": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--device", "gpu0"], "--device"),
+    "md-dtype": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--dtype", "float16"], "--dtype"),
+    "md-unknown-option": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--temprature", "300"], "unrecognized"),
+    "md-npt-molecule": ("eqgnn-md", ["h2o.xyz", *MD_MODEL, "--ensemble", "npt"], "periodic"),
+    "md-npt-zero-kelvin": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--ensemble", "npt", "--temperature", "0"],
+                           "NPT needs a temperature > 0"),
+    "md-nvt-single-atom": ("eqgnn-md", ["single.xyz", *MD_MODEL], "single atom"),
+    "md-missing-structure": ("eqgnn-md", ["nothere.xyz", *MD_MODEL], "does not exist"),
+    "md-empty-structure": ("eqgnn-md", ["empty.xyz", *MD_MODEL], "empty.xyz"),
+    "md-garbage-structure": ("eqgnn-md", ["garbage.xyz", *MD_MODEL], "cannot read structure"),
+    "md-structure-is-folder": ("eqgnn-md", ["a_folder", *MD_MODEL], "not a file"),
+    "md-nan-positions": ("eqgnn-md", ["nan.extxyz", *MD_MODEL], "NaN"),
+    "md-missing-model": ("eqgnn-md", ["cu.xyz", "--model", "nothere.pt"], "does not exist"),
+    "md-unknown-model-name": ("eqgnn-md", ["cu.xyz", "--model", "water"], "no bundled potential"),
+    "md-garbage-model": ("eqgnn-md", ["cu.xyz", "--model", "garbage.pt"], "garbage.pt"),
+    "md-structure-as-model": ("eqgnn-md", ["cu.xyz", "--model", "cu.xyz"], "cu.xyz"),
+    "md-traj-is-folder": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--traj", "a_folder"], "folder"),
+    "md-traj-under-a-file": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--traj", "notes.txt/md.traj"], "not a folder"),
+    "md-output-is-input": ("eqgnn-md", ["start.traj", *MD_MODEL, "--traj", "start.traj"], "also an input"),
+    "md-two-outputs-one-file": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--json", "md.csv"], "same file"),
+    "md-log-extension": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--log", "md.dat"], "extension '.dat'"),
+    "md-plot-extension": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--plot", "md.gif"], "extension '.gif'"),
+    # -------------------------------------------------------------------------------- eqgnn-relax
+    "relax-fmax-nan": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--fmax", "nan"], "--fmax"),
+    "relax-fmax-zero": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--fmax", "0"], "--fmax"),
+    "relax-steps-negative": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--steps", "-1"], "--steps"),
+    "relax-unknown-element": ("eqgnn-relax", ["au.xyz", "--model", "tiny.pt"], "Au not known"),
+    "relax-cell-molecule": ("eqgnn-relax", ["h2o.xyz", "--model", "tiny.pt", "--cell"], "periodic"),
+    "relax-out-extension": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--out", "relaxed.foo"],
+                            "relaxed.foo"),
+    "relax-traj-extension": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--traj", "relax.xyz"],
+                             "extension '.xyz'"),
+    "relax-collision-at-step-0": ("eqgnn-relax", ["overlap.xyz", "--model", "tiny.pt"], "overlapping"),
+    "relax-out-is-input": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--out", "cu.xyz"],
+                           "also an input"),
+    "relax-missing-structure": ("eqgnn-relax", ["nothere.xyz", "--model", "tiny.pt"], "does not exist"),
+    "relax-garbage-model": ("eqgnn-relax", ["cu.xyz", "--model", "garbage.pt"], "garbage.pt"),
+    "relax-device-cuda": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--device", "cuda"], "CUDA"),
+    # -------------------------------------------------------------------------------- eqgnn-eval
+    "eval-plot-extension": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--plot", "parity.jpg",
+                                           "--json", "metrics.json"], "extension '.jpg'"),
+    "eval-unknown-model": ("eqgnn-eval", ["water", "cu_data.extxyz", "--json", "metrics.json"],
+                           "no bundled potential"),
+    "eval-missing-data": ("eqgnn-eval", ["cu-emt", "nothere.extxyz", "--json", "metrics.json"],
+                          "does not exist"),
+    "eval-garbage-data": ("eqgnn-eval", ["cu-emt", "garbage.xyz", "--json", "metrics.json"],
+                          "garbage.xyz"),
+    "eval-garbage-model": ("eqgnn-eval", ["garbage.pt", "cu_data.extxyz", "--plot", "parity.png"],
+                           "garbage.pt"),
+    "eval-batch-size-zero": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--batch-size", "0"],
+                             "--batch-size"),
+    "eval-json-is-folder": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--json", "a_folder"], "folder"),
+    "eval-json-is-data": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--json", "cu_data.extxyz"],
+                          "also an input"),
+    "eval-unknown-unit": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--energy-unit", "furlongs",
+                                         "--json", "metrics.json"], "furlongs"),
+    "eval-unknown-element": ("eqgnn-eval", ["tiny.pt", "au.xyz", "--json", "metrics.json"], "Au"),
+    "eval-device-cuda": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--device", "cuda"], "CUDA"),
+    # -------------------------------------------------------------------------------- eqgnn-backmap
+    "backmap-out-extension": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "aa.gro"],
+                              "extension '.gro'"),
+    "backmap-wrong-beads": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg4.npy", "--out", "aa.pdb"],
+                            "4 beads"),
+    "backmap-nan-cg": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg_nan.npy", "--out", "aa.pdb"],
+                       "NaN"),
+    "backmap-pickled-cg": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg_object.npy", "--out",
+                                             "aa.pdb"], "pickle"),
+    "backmap-missing-cg": ("eqgnn-backmap", ["--model", "ala2", "--cg", "nothere.npy", "--out", "aa.pdb"],
+                           "does not exist"),
+    "backmap-samples-zero": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "aa.pdb",
+                                               "--samples", "0"], "--samples"),
+    "backmap-samples-huge": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "aa.pdb",
+                                               "--samples", "1000000000000"], "GiB"),
+    "backmap-temperature-nan": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "aa.pdb",
+                                                  "--temperature", "nan"], "--temperature"),
+    "backmap-garbage-model": ("eqgnn-backmap", ["--model", "garbage.pt", "--cg", "cg.npy", "--out",
+                                                "aa.pdb"], "garbage.pt"),
+    "backmap-potential-as-backmapper": ("eqgnn-backmap", ["--model", "tiny.pt", "--cg", "cg.npy",
+                                                          "--out", "aa.pdb"], "tiny.pt"),
+    "backmap-out-is-input": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "cg.npy"],
+                             "extension '.npy'"),
+    # -------------------------------------------------------------------------------- the others
+    "train-backmap-lr-nan": ("eqgnn-train-backmap", ["--traj", "cu.xyz", "--map", "ca", "--out", "run",
+                                                     "--lr", "nan"], "--lr"),
+    "train-backmap-missing-traj": ("eqgnn-train-backmap", ["--traj", "nothere.h5", "--map", "ca",
+                                                           "--out", "run"], "does not exist"),
+    "train-backmap-max-epochs-zero": ("eqgnn-train-backmap", ["--traj", "cu.xyz", "--out", "run",
+                                                              "--max-epochs", "0"], "--max-epochs"),
+    "train-backmap-device-cuda": ("eqgnn-train-backmap", ["--traj", "cu.xyz", "--out", "run", "--device",
+                                                          "cuda"], "CUDA"),
+    "models-unknown-kind": ("eqgnn-models", ["--kind", "forcefield"], "--kind"),
+}
+FAST = {"md-unknown-element", "md-temperature-nan", "md-collision-at-step-0", "md-traj-extension",
+        "relax-fmax-nan", "eval-plot-extension", "backmap-out-extension", "train-backmap-lr-nan"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in FAST else pytest.mark.slow)
+                                  for c in BAD_INPUTS])
+def test_bad_input_is_a_one_line_error_that_changes_no_file(case, workdir):
+    tool, args, fragment = BAD_INPUTS[case]
+    before = snapshot(workdir)
+    proc = run_tool(tool, args, workdir)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output, output
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"{tool}: error: "), proc.stderr
+    assert fragment in errors[0], errors[0]
+    after = snapshot(workdir)
+    assert sorted(after) == sorted(before), f"files added or removed: {set(after) ^ set(before)}"
+    changed = [name for name in before if before[name] != after[name]]
+    assert not changed, f"{case} changed {changed}"
+
+
+def test_every_console_script_has_working_help(tmp_path):
+    """``--help`` of each ``[project.scripts]`` entry of pyproject.toml exits 0 and prints usage."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert len(scripts) >= 7
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(scripts, pool.map(lambda name: run_tool(name, ["--help"], tmp_path), scripts)))
+    broken = {name: (p.returncode, p.stderr[-400:]) for name, p in results.items()
+              if p.returncode != 0 or "usage:" not in p.stdout or "Traceback" in p.stderr}
+    assert not broken, broken
+    for name, proc in results.items():
+        if name != "eqgnn-train":  # its options come from TrainConfig (helper "train")
+            assert "--threads" in proc.stdout, name
+
+
+def test_collision_during_md_exits_3_and_keeps_the_frames_so_far(workdir):
+    before = snapshot(workdir)
+    proc = run_tool("eqgnn-md", ["collide.extxyz", "--model", "tiny.pt", "--ensemble", "nve",
+                                 "--steps", "200", "--interval", "5", "--no-progress",
+                                 "--json", "md.json"], workdir)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "atoms collided at step" in proc.stderr
+    for name in ("md.traj", "md.csv", "md.png", "md.json"):
+        assert name in proc.stderr  # named in the message ...
+        assert (workdir / name).read_bytes() != before[name]  # ... and replaced by this run's
+    frames = read(workdir / "md.traj", ":")
+    rows = (workdir / "md.csv").read_text().splitlines()
+    assert 2 <= len(frames) < 41 and len(rows) == len(frames) + 1
+    # the last frame kept is before the collision, the atoms still apart
+    assert frames[-1].get_distance(0, 1) > 0.1
+    after = snapshot(workdir)
+    assert set(after) == set(before)  # no temporary file left behind
+    assert all(after[n] == before[n] for n in before if n not in ("md.traj", "md.csv", "md.png", "md.json"))
+
+
+def test_success_replaces_only_the_named_outputs(workdir):
+    before = snapshot(workdir)
+    proc = run_tool("eqgnn-md", ["cu.xyz", "--model", "tiny.pt", "--ensemble", "nve", "--steps", "10",
+                                 "--interval", "5", "--no-progress", "--plot", "none",
+                                 "--log", "md.csv"], workdir)
+    assert proc.returncode == 0, proc.stderr
+    after = snapshot(workdir)
+    assert set(after) == set(before)
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"md.traj", "md.csv"}
+    assert len(read(workdir / "md.traj", ":")) == 3
+    proc = run_tool("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--out", "relaxed.xyz",
+                                    "--traj", "relax.traj"], workdir)
+    assert proc.returncode in (0, 1), proc.stderr
+    final = snapshot(workdir)
+    assert {n for n in after if after[n] != final[n]} == {"relaxed.xyz", "relax.traj"}
+    assert len(read(workdir / "relaxed.xyz")) == 32
