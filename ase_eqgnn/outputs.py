@@ -7,7 +7,9 @@ same extension, so writers that pick the format from the name still do) and move
 ``os.replace`` only when the run asks for it (:meth:`OutputFiles.commit`). ``os.replace`` within one
 folder is atomic on POSIX and Windows: a reader sees the old file or the new one, never a mixture.
 Leaving the ``with`` block removes every temporary file not committed, and the folders that
-:meth:`OutputFiles.start` created for them, so a failed run changes nothing.
+:meth:`OutputFiles.start` created for them, so a failed run changes nothing. A file that streams
+(an MD trajectory) can be moved into place early with :meth:`OutputFiles.promote`, once the run has
+really started, so that a killed run still leaves the frames written so far.
 
 :meth:`OutputFiles.add` checks a planned output before anything is written: not a folder, not one of
 the run's inputs, not the same file as another output, an allowed extension, and a folder that exists
@@ -90,6 +92,7 @@ class OutputFiles:
         self._identities: Dict[str, str] = {}  # identity -> final path
         self._temporary: Dict[str, str] = {}  # final path -> temporary path
         self._made_folders: List[str] = []
+        self.written: List[str] = []  # final paths moved into place, in order
 
     # ------------------------------------------------------------------ planning
     def add(self, path, what: str = "output", suffixes: Optional[Sequence[str]] = None) -> str:
@@ -149,9 +152,23 @@ class OutputFiles:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             done.append(path)
+            self.written.append(path)
         if done:
             self._made_folders = []  # they hold outputs now
         return done
+
+    def promote(self, path) -> None:
+        """Move a file that is still being written (a streamed trajectory) into place now: from here
+        on a kill, even SIGKILL, leaves what was written so far under its final name. Writers that
+        hold the file open go on writing to it (POSIX keeps an open file across a rename; where the
+        system refuses, the file stays temporary until :meth:`commit`)."""
+        path = os.fspath(path)
+        if path not in self._temporary:
+            return
+        try:
+            self.commit([path])
+        except PermissionError:  # Windows cannot rename a file that is open
+            pass
 
     def discard(self) -> None:
         """Remove every temporary file not committed and the folders made for them (if empty)."""

@@ -11,14 +11,20 @@ and spread of the temperature otherwise. A plot of energies and temperature is w
 
 How they fail (the rows of ``docs/reliability.md``):
 
-- Every argument and the starting structure (elements, overlaps, non-finite energies) are checked
-  before anything is written; a problem is a ``ValueError`` naming it, and no file changes.
-- Outputs are written under temporary names beside their final names (:mod:`ase_eqgnn.outputs`) and
-  moved into place when the run ends, so a run that fails leaves every existing file as it was.
-- A run stopped by the physics after it started (:class:`SimulationBlewUp`, or the calculator's
-  :class:`~ase_eqgnn.errors.AtomsTooCloseError` / :class:`~ase_eqgnn.errors.OutOfDomainError`)
-  returns a summary with ``completed=False`` and the reason in ``message``; the frames and log rows
-  written so far are kept under their final names (``summary.files``). Ctrl-C keeps them too.
+- Every argument, every output path and the starting structure (elements, overlaps, non-finite
+  energies) are checked before anything is written; a problem is a ``ValueError`` naming it (or the
+  calculator's :class:`~ase_eqgnn.errors.OutOfDomainError`), and no file changes.
+- Outputs are written under temporary names beside their final names (:mod:`ase_eqgnn.outputs`).
+  A run that fails before its first step leaves every existing file as it was.
+- From the first step on the run has really started: the trajectory and log stream under their
+  final names (:meth:`~ase_eqgnn.outputs.OutputFiles.promote`), so even a killed run leaves its
+  frames. The plot and the relaxed structure are written at the end.
+- A run stopped by the physics (:class:`~ase_eqgnn.run_checks.SimulationBlewUp`, or the
+  calculator's :class:`~ase_eqgnn.errors.AtomsTooCloseError` /
+  :class:`~ase_eqgnn.errors.OutOfDomainError` after the start) returns a summary with
+  ``completed=False`` and the reason in ``message``; ``summary.files`` names what was kept. Ctrl-C
+  keeps the same files and raises the ``KeyboardInterrupt`` again, with the summary as its
+  ``summary`` attribute.
 
 Units: fs, K, bar at the interface; eV, Å inside (ASE's).
 
@@ -44,7 +50,7 @@ import torch
 from ase import Atoms, units
 from ase.constraints import FixCom
 from ase.filters import FrechetCellFilter
-from ase.io import write
+from ase.io import Trajectory, write
 from ase.md import velocitydistribution
 from ase.md.langevin import Langevin
 from ase.md.nose_hoover_chain import IsotropicMTKNPT
@@ -216,6 +222,9 @@ def run_md(atoms: Atoms, calculator, ensemble: str = "nvt", temperature_K: float
             dyn.attach(lambda: bar.update(1) if dyn.nsteps else None, interval=1)
         # non-finite forces are caught at the step they appear, before they move any atom
         dyn.attach(lambda: check_finite(atoms, dyn.nsteps), interval=1)
+        # After the first step the run has really started: the trajectory and log go on under their
+        # final names, so that even a killed run leaves the frames so far.
+        dyn.attach(lambda: [outputs.promote(p) for p in (traj, log) if p], interval=-1)
         interrupted = None
         t0 = time.perf_counter()
         try:
@@ -245,10 +254,11 @@ def run_md(atoms: Atoms, calculator, ensemble: str = "nvt", temperature_K: float
                 summary.energy_drift_meV_per_atom_per_ps = float(1000.0 * slope / len(atoms))
         if plot and interrupted is None:
             plot_md(data, outputs.start(plot), ensemble, fmt=plot.rsplit(".", 1)[-1].lower())
-        written = set(outputs.commit())
+        outputs.commit()
         summary.files = {k: v for k, v in (("traj", traj), ("log", log), ("plot", plot))
-                         if v and v in written}
+                         if v and v in outputs.written}
     if interrupted is not None:
+        interrupted.summary = summary  # what was kept, for the caller's message
         raise interrupted
     return summary
 
@@ -303,8 +313,10 @@ def relax(atoms: Atoms, calculator, fmax: float = 0.05, cell: bool = False,
     with outputs:
         if out:  # the writer must take this structure: found now, not after the relaxation
             write(outputs.start(out), atoms, format=out_format)
-        traj_tmp = outputs.start(trajectory) if trajectory else None
-        opt = OPTIMIZERS[optimizer](target, logfile=logfile, trajectory=traj_tmp)
+        steps_file = Trajectory(outputs.start(trajectory), "w", atoms) if trajectory else None
+        opt = OPTIMIZERS[optimizer](target, logfile=logfile, trajectory=steps_file)
+        if trajectory:  # as in run_md: after the first step the trajectory is under its final name
+            opt.attach(lambda: outputs.promote(trajectory), interval=-1)
 
         def remember() -> None:
             e, f = atoms.get_potential_energy(), atoms.get_forces()
@@ -327,6 +339,8 @@ def relax(atoms: Atoms, calculator, fmax: float = 0.05, cell: bool = False,
             summary.completed, summary.message = False, f"stopped: {reason}"
         finally:
             opt.close()
+            if steps_file is not None:
+                steps_file.close()
         summary.steps = int(opt.nsteps)
         summary.energy_eV, summary.max_force_eV_per_A = last["energy"], last["fmax"]
         keep = [trajectory] if trajectory else []
@@ -337,9 +351,11 @@ def relax(atoms: Atoms, calculator, fmax: float = 0.05, cell: bool = False,
                 write(outputs.start(out), atoms, format=out_format)
                 keep.append(out)
                 summary.output = out
-        written = set(outputs.commit(keep))
-        summary.files = {k: v for k, v in (("out", out), ("traj", trajectory)) if v and v in written}
+        outputs.commit(keep)
+        summary.files = {k: v for k, v in (("out", out), ("traj", trajectory))
+                         if v and v in outputs.written}
     if interrupted is not None:
+        interrupted.summary = summary  # what was kept, for the caller's message
         raise interrupted
     return summary
 

@@ -305,3 +305,33 @@ def test_success_replaces_only_the_named_outputs(workdir):
     final = snapshot(workdir)
     assert {n for n in after if after[n] != final[n]} == {"relaxed.xyz", "relax.traj"}
     assert len(read(workdir / "relaxed.xyz")) == 32
+
+
+def test_sigterm_stops_md_like_ctrl_c_and_keeps_the_frames(workdir):
+    """A batch system's time limit sends SIGTERM: exit 143, the frames so far under their names."""
+    import signal
+    import time
+
+    before = snapshot(workdir)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen([console_script("eqgnn-md"), "cu.xyz", "--model", "tiny.pt", "--steps",
+                             "1000000", "--interval", "1", "--no-progress"], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        # the log streams under its final name from the first step on: wait for a few rows
+        while (workdir / "md.csv").read_bytes() == before["md.csv"] or \
+                len((workdir / "md.csv").read_text().splitlines()) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in err and "terminated (SIGTERM); kept" in err
+    frames = read(workdir / "md.traj", ":")
+    assert len(frames) >= 3 and len((workdir / "md.csv").read_text().splitlines()) >= len(frames)
+    after = snapshot(workdir)
+    assert set(after) == set(before) and after["md.png"] == before["md.png"]

@@ -115,3 +115,20 @@ def test_a_folder_without_write_permission_is_refused(tmp_path):
             check_output_path(locked / "md.traj", "trajectory")
     finally:
         os.chmod(locked, 0o755)
+
+
+def test_a_promoted_stream_is_in_place_while_it_is_written_and_kept_on_failure(tmp_path):
+    path = tmp_path / "md.csv"
+    path.write_text("earlier\n")
+    with pytest.raises(RuntimeError):
+        with OutputFiles() as outputs:
+            outputs.add(path, "log")
+            with open(outputs.start(path), "w") as f:
+                f.write("row 0\n")
+                f.flush()
+                outputs.promote(path)  # the run has really started
+                f.write("row 1\n")
+                f.flush()
+                assert path.read_text() == "row 0\nrow 1\n"
+                raise RuntimeError("cut off")
+    assert path.read_text() == "row 0\nrow 1\n" and listing(tmp_path) == ["md.csv"]

@@ -203,16 +203,24 @@ def test_leaving_the_domain_stops_md_and_relax_but_a_start_outside_is_an_error(t
     assert {n: (tmp_path / n).read_bytes() for n in earlier} == earlier
 
 
-def test_interrupt_keeps_the_frames_and_an_internal_error_keeps_nothing(tmp_path):
+def test_a_run_cut_off_after_its_first_step_keeps_its_frames_and_before_it_nothing(tmp_path):
     plant(tmp_path, ["md.traj", "md.csv", "md.png"])
     with pytest.raises(KeyboardInterrupt):
         run_md(copper(), Tripwire(KeyboardInterrupt(), after=12), "nve", steps=50, interval=5,
                progress=False, **md_files(tmp_path))
     assert len(read(tmp_path / "md.traj", ":")) == 3
     assert (tmp_path / "md.png").read_bytes().startswith(b"earlier")  # no plot for a cut-off run
+    # after the first step the trajectory streams under its final name: an error keeps the frames
     earlier = plant(tmp_path, ["md.traj", "md.csv", "md.png"])
     with pytest.raises(RuntimeError, match="a bug"):
         run_md(copper(), Tripwire(RuntimeError("a bug"), after=12), "nve", steps=50, interval=5,
+               progress=False, **md_files(tmp_path))
+    assert len(read(tmp_path / "md.traj", ":")) == 3 and len((tmp_path / "md.csv").read_text().split()) == 4
+    assert (tmp_path / "md.png").read_bytes() == earlier["md.png"]
+    # an error in the first step (call 1 is the check of the start): every file as it was
+    earlier = plant(tmp_path, ["md.traj", "md.csv", "md.png"])
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_md(copper(), Tripwire(RuntimeError("a bug"), after=1), "nve", steps=50, interval=5,
                progress=False, **md_files(tmp_path))
     assert {n: (tmp_path / n).read_bytes() for n in earlier} == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(earlier)  # no temporary left

@@ -8,7 +8,8 @@ Exit codes (``docs/reliability.md``):
 2     a user error: bad arguments, unreadable input, a model that cannot be used; nothing written
 3     a run stopped by the physics (blow-up, collision, out of the model's domain); what was
       written so far is kept and named in the message
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C); an MD run or relaxation keeps what it wrote so far
+143   terminated by SIGTERM (e.g. a batch system's time limit); the same as Ctrl-C
 ====  ==========================================================================================
 
 A command is a parser from :func:`command_parser` and a function ``body(args) -> int`` run through
@@ -28,10 +29,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
-EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USER_ERROR, EXIT_PHYSICS_STOP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USER_ERROR, EXIT_PHYSICS_STOP = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 MAX_THREADS = 1024
 
 
@@ -153,6 +156,7 @@ def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namesp
     exit code 2, Ctrl-C exit code 130."""
     args = parser.parse_args(argv)
     prog = parser.prog
+    previous = _catch_sigterm()
     try:
         if getattr(args, "threads", None) is not None:
             import torch
@@ -163,14 +167,38 @@ def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namesp
 
             keep_freed_memory()  # reuse freed memory between calls (see ase_eqgnn.heap)
         return body(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:
+        summary = getattr(err, "summary", None)  # set by run_md / relax: what they kept
+        kept = f"; kept {kept_files_message(summary.files)}" if summary is not None else ""
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"{prog}: {what}{kept}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except Exception as err:
         if not is_user_error(err):
             raise
         print(f"{prog}: error: {one_line(err) or type(err).__name__}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, ``kill``): stops a command as Ctrl-C does, so that
+    a run keeps what it wrote so far and leaves no temporary file."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`Terminated` for the command's lifetime; the previous handler (None
+    where signals cannot be set, outside the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, AttributeError, OSError):
+        return None
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -215,5 +243,6 @@ def json_text(data: dict) -> str:
 
 __all__ = ["CommandParser", "command_parser", "one_line", "real", "count", "device", "existing_file",
            "read_structure", "run_command", "is_user_error", "calculator_options", "EXIT_OK",
-           "EXIT_NOT_CONVERGED", "EXIT_USER_ERROR", "EXIT_PHYSICS_STOP", "EXIT_INTERRUPTED",
+           "EXIT_NOT_CONVERGED", "EXIT_USER_ERROR", "EXIT_PHYSICS_STOP", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
+           "Terminated",
            "kept_files_message", "json_text"]
