@@ -15,7 +15,7 @@ Traceback (most recent call last):
 ValueError: NPT needs a cell periodic in all three directions with a volume (this structure has pbc=[False, False, False], volume 0 Å^3)
 >>> check_md_arguments("nvt", float("nan"), 0.5, 10, 0.01, 1.0, 1, 0)
 Traceback (most recent call last):
-ValueError: temperature must be a finite number >= 0 K, got nan
+ValueError: temperature must be a number from 0 to 1e+06 K, got nan
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from ase import Atoms
 from .errors import AtomsTooCloseError, OutOfDomainError
 
 ENSEMBLES = ("nve", "nvt", "npt")
+#: Above this no interatomic potential means anything (atoms cross a bond length within a time step),
+#: and velocities at 1e200 K overflow the positions in the first step.
+MAX_TEMPERATURE_K = 1e6
 
 
 class SimulationBlewUp(RuntimeError):
@@ -48,8 +51,11 @@ def physics_stop(err: BaseException, atoms: Atoms, step: int) -> Optional[str]:
         return f"atoms collided at step {step} ({err})"
     if isinstance(err, OutOfDomainError):
         return f"the structure left the model's training domain at step {step} ({err})"
-    if isinstance(err, ValueError) and not np.isfinite(atoms.positions).all():
-        return f"positions became non-finite at step {step} (the integration diverged)"
+    if isinstance(err, ValueError):  # the calculator refusing a structure the run has ruined
+        if not np.isfinite(atoms.positions).all():
+            return f"positions became non-finite at step {step} (the integration diverged)"
+        if atoms.pbc.any() and not (np.isfinite(atoms.cell[:]).all() and abs(atoms.cell.volume) > 1e-6):
+            return f"the cell collapsed or diverged at step {step} ({err})"
     return None
 
 
@@ -72,8 +78,9 @@ def check_md_arguments(ensemble: str, temperature_K, timestep_fs, steps, frictio
     """ValueError naming the first argument of :func:`run_md` that cannot run."""
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
-    if not (_is_real(temperature_K) and temperature_K >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 K, got {temperature_K!r}")
+    if not (_is_real(temperature_K) and 0 <= temperature_K <= MAX_TEMPERATURE_K):
+        raise ValueError(f"temperature must be a number from 0 to {MAX_TEMPERATURE_K:g} K, got "
+                         f"{temperature_K!r}")
     if ensemble == "npt" and temperature_K <= 0:
         raise ValueError("NPT needs a temperature > 0 K (its thermostat mass is proportional to T)")
     if not (_is_real(timestep_fs) and timestep_fs > 0):
@@ -125,5 +132,5 @@ def check_structure(atoms: Atoms, periodic_cell: bool = False, what: str = "this
                          f"{abs(atoms.cell.volume):.3g} Å^3)")
 
 
-__all__ = ["ENSEMBLES", "SimulationBlewUp", "PHYSICS_STOPS", "physics_stop", "check_finite",
+__all__ = ["ENSEMBLES", "MAX_TEMPERATURE_K", "SimulationBlewUp", "PHYSICS_STOPS", "physics_stop", "check_finite",
            "check_md_arguments", "check_relax_arguments", "check_structure"]

@@ -117,13 +117,22 @@ def make_dynamics(atoms: Atoms, ensemble: str, temperature_K: float, timestep_fs
                          "use a larger structure (e.g. atoms.repeat) or NVE")
     if not np.any(atoms.get_momenta()):
         thermalize(atoms, temperature_K, rng)
+        if not np.isfinite(atoms.get_momenta()).all():
+            raise ValueError(f"Maxwell-Boltzmann velocities at {temperature_K:g} K are not finite "
+                             "numbers: give a lower temperature")
     dt = timestep_fs * units.fs
     if ensemble == "nve":
-        return VelocityVerlet(atoms, dt)
-    if ensemble == "nvt":
-        return langevin_nvt(atoms, timestep_fs, temperature_K, friction_per_fs, rng)
-    return IsotropicMTKNPT(atoms, dt, temperature_K=temperature_K, pressure_au=pressure_bar * units.bar,
-                           tdamp=100 * dt, pdamp=1000 * dt)
+        dyn = VelocityVerlet(atoms, dt)
+    elif ensemble == "nvt":
+        dyn = langevin_nvt(atoms, timestep_fs, temperature_K, friction_per_fs, rng)
+    else:
+        dyn = IsotropicMTKNPT(atoms, dt, temperature_K=temperature_K,
+                              pressure_au=pressure_bar * units.bar, tdamp=100 * dt, pdamp=1000 * dt)
+    if atoms.get_number_of_degrees_of_freedom() <= 0:  # e.g. every atom fixed by a constraint
+        raise ValueError(f"{ensemble.upper()} MD of this structure has no degree of freedom left "
+                         f"(constraints: {[type(c).__name__ for c in atoms.constraints]}); nothing "
+                         "can move")
+    return dyn
 
 
 @dataclass
@@ -174,6 +183,7 @@ def run_md(atoms: Atoms, calculator, ensemble: str = "nvt", temperature_K: float
     max_t = max(10 * temperature_K, 2000.0) if max_temperature_K is None else max_temperature_K
     cutoff = float(getattr(calculator, "cutoff", 5.0))
     isolated_at_start = set(isolated_atoms(atoms, cutoff).tolist())
+    volume_at_start = atoms.get_volume() if ensemble == "npt" else None
     rows = []
 
     def check(step: int, epot: float, temp: float) -> None:
@@ -182,6 +192,9 @@ def run_md(atoms: Atoms, calculator, ensemble: str = "nvt", temperature_K: float
         if temp > max_t:
             raise SimulationBlewUp(f"temperature ran away to {temp:.0f} K at step {step} "
                                    f"(limit {max_t:.0f} K)")
+        if volume_at_start and not 0.1 < atoms.get_volume() / volume_at_start < 10.0:
+            raise SimulationBlewUp(f"the cell volume ran away to {atoms.get_volume():.4g} Å^3 at "
+                                   f"step {step} (from {volume_at_start:.4g} Å^3)")
         flown = sorted(set(isolated_atoms(atoms, cutoff).tolist()) - isolated_at_start)
         if flown:
             raise SimulationBlewUp(f"atoms {flown[:10]} flew apart (no neighbour within {cutoff} Å) "
@@ -312,7 +325,11 @@ def relax(atoms: Atoms, calculator, fmax: float = 0.05, cell: bool = False,
                            max_force_eV_per_A=last["fmax"])
     with outputs:
         if out:  # the writer must take this structure: found now, not after the relaxation
-            write(outputs.start(out), atoms, format=out_format)
+            try:
+                write(outputs.start(out), atoms, format=out_format)
+            except Exception as err:  # ASE's writers raise many types for a structure they refuse
+                raise ValueError(f"cannot write this structure as {out!r} (ASE format "
+                                 f"{out_format}): {type(err).__name__}: {err}") from None
         steps_file = Trajectory(outputs.start(trajectory), "w", atoms) if trajectory else None
         opt = OPTIMIZERS[optimizer](target, logfile=logfile, trajectory=steps_file)
         if trajectory:  # as in run_md: after the first step the trajectory is under its final name

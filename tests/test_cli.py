@@ -227,8 +227,9 @@ BAD_INPUTS = {
                                                           "cuda"], "CUDA"),
     "models-unknown-kind": ("eqgnn-models", ["--kind", "forcefield"], "--kind"),
 }
-FAST = {"md-unknown-element", "md-temperature-nan", "md-collision-at-step-0", "md-traj-extension",
-        "relax-fmax-nan", "eval-plot-extension", "backmap-out-extension", "train-backmap-lr-nan"}
+# Each case starts a Python with torch (2-3 s of CPU): the fast suite runs one per command family;
+# test_simulate.py checks the same failures of the library, in process.
+FAST = {"md-unknown-element", "relax-fmax-nan", "eval-plot-extension", "backmap-out-extension"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in FAST else pytest.mark.slow)

@@ -22,6 +22,8 @@ from .common import command_parser, count, device, existing_file, real, run_comm
 
 # The output and its temporaries may take at most this share of the machine's memory.
 _MEMORY_SHARE = 0.5
+# The prior's spread times this; far above 1 the decoder sees latents it never met (1e300: NaN atoms).
+_MAX_PRIOR_TEMPERATURE = 100.0
 
 
 def build_parser():
@@ -33,9 +35,11 @@ def build_parser():
                    help="topology for the CG trajectory (mdtraj formats)")
     p.add_argument("--out", required=True, help="all-atom output: .pdb, .dcd, .xtc or .h5")
     p.add_argument("--samples", type=count(1), default=1, help="samples per CG frame (default 1)")
-    p.add_argument("--seed", type=count(0), default=None, help="random seed for reproducible samples")
-    p.add_argument("--temperature", type=real(minimum=0), default=1.0,
-                   help="prior temperature (default 1)")
+    p.add_argument("--seed", type=count(0, 2**63 - 1), default=None,
+                   help="random seed for reproducible samples")
+    p.add_argument("--temperature", type=real(minimum=0, maximum=_MAX_PRIOR_TEMPERATURE), default=1.0,
+                   help="prior temperature: scales the latent spread (default 1, at most "
+                        f"{_MAX_PRIOR_TEMPERATURE:g})")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--batch-size", type=count(1), default=512)
     p.add_argument("--no-progress", action="store_true")
@@ -74,6 +78,9 @@ def run(args) -> int:
                              progress=not args.no_progress, temperature=args.temperature,
                              bead_names=names)
         dt = time.perf_counter() - t0
+        if not np.isfinite(xyz).all():
+            raise ValueError("the back-mapped coordinates are not finite numbers (is --temperature "
+                             "far too high, or the CG input far from the training data?)")
         write_all_atom(outputs.start(args.out), xyz, mapper.topology)
         outputs.commit()
     ref = adjacency_from_bonds(len(mapper.elements), mapper.bonds)

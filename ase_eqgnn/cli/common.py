@@ -64,9 +64,11 @@ def one_line(message) -> str:
 
 
 # ------------------------------------------------------------------------------ argument types
-def real(minimum: Optional[float] = None, above: Optional[float] = None) -> Callable[[str], float]:
-    """argparse type: a finite float, optionally ``>= minimum`` or ``> above``."""
-    bound = (f" >= {minimum:g}" if minimum is not None else "") + (f" > {above:g}" if above is not None else "")
+def real(minimum: Optional[float] = None, above: Optional[float] = None,
+         maximum: Optional[float] = None) -> Callable[[str], float]:
+    """argparse type: a finite float, optionally ``>= minimum``, ``> above``, ``<= maximum``."""
+    bound = " and ".join(f"{op} {value:g}" for op, value in ((">=", minimum), (">", above),
+                                                              ("<=", maximum)) if value is not None)
 
     def parse(text: str) -> float:
         try:
@@ -74,8 +76,9 @@ def real(minimum: Optional[float] = None, above: Optional[float] = None) -> Call
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value) or (minimum is not None and value < minimum) or \
-                (above is not None and value <= above):
-            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text!r}")
+                (above is not None and value <= above) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + bound if bound else ''}, "
+                                             f"got {text!r}")
         return value
 
     parse.__name__ = "number"

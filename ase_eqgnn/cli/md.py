@@ -19,12 +19,19 @@ import sys
 from .common import (EXIT_OK, EXIT_PHYSICS_STOP, calculator_options, command_parser, count, device,
                      json_text, kept_files_message, read_structure, real, run_command)
 
+from ..run_checks import MAX_TEMPERATURE_K
+
 DEFAULT_MODEL = "ala2"
 DEFAULT_STRUCTURE = "ala2"
 _ENSEMBLES = ("nve", "nvt", "npt")
 
 
 def _optional_path(text: str):
+    """argparse type: a path, or None for "none"."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; give a file name, or 'none' to write no file")
     return None if text.lower() == "none" else text
 
 
@@ -34,7 +41,8 @@ def build_parser():
                    help="any file ASE reads; its last frame (default: bundled alanine dipeptide)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled potential name or checkpoint path")
     p.add_argument("--ensemble", choices=_ENSEMBLES, default="nvt")
-    p.add_argument("--temperature", type=real(minimum=0), default=300.0, help="K (>= 0)")
+    p.add_argument("--temperature", type=real(minimum=0, maximum=MAX_TEMPERATURE_K), default=300.0,
+                   help=f"K (0 to {MAX_TEMPERATURE_K:g})")
     p.add_argument("--timestep", type=real(above=0), default=0.5, help="fs (> 0)")
     p.add_argument("--steps", type=count(0), default=1000)
     p.add_argument("--friction", type=real(minimum=0), default=0.01, help="Langevin friction, 1/fs")

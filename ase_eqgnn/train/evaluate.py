@@ -55,7 +55,12 @@ def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[
         model = model.to(_DTYPES[dtype])
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    frames = read_dataset(data, **read_options)
+    try:
+        frames = read_dataset(data, **read_options)
+    except (ValueError, OSError):
+        raise
+    except Exception as err:  # HDF5 and other readers raise their own types for a damaged file
+        raise ValueError(f"cannot read {os.fspath(data)!r}: {type(err).__name__}: {err}") from None
     samples = build_samples(frames, model.cutoff)
     preds = Predictions() if plot else None
     sums = evaluate(model, samples, batch_size, device=dev, predictions=preds)
