@@ -241,8 +241,11 @@ def test_bad_input_is_a_one_line_error_that_changes_no_file(case, workdir):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert "Traceback" not in output, output
-    errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith(f"{tool}: error: "), proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"{tool}: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr  # one line, the last
+    # anything else on stderr is a Python warning (its line and the source line under it)
+    assert all("Warning" in line or line.startswith(" ") for line in lines[:-1]), proc.stderr
     assert fragment in errors[0], errors[0]
     after = snapshot(workdir)
     assert sorted(after) == sorted(before), f"files added or removed: {set(after) ^ set(before)}"
@@ -336,3 +339,66 @@ def test_sigterm_stops_md_like_ctrl_c_and_keeps_the_frames(workdir):
     assert len(frames) >= 3 and len((workdir / "md.csv").read_text().splitlines()) >= len(frames)
     after = snapshot(workdir)
     assert set(after) == set(before) and after["md.png"] == before["md.png"]
+
+
+def test_md_and_relax_ask_the_calculator_to_stop_out_of_the_domain_unless_allowed(template, tmp_path,
+                                                                                   monkeypatch):
+    """eqgnn-md / eqgnn-relax build the calculator with domain_check="raise", or "warn" with
+    --allow-out-of-domain (the option helper "robust" gives EqGNNCalculator)."""
+    import inspect
+
+    import ase_eqgnn.calculator as calculator_module
+    from ase_eqgnn.cli import md as md_cli
+    from ase_eqgnn.cli import relax as relax_cli
+
+    seen = []
+
+    class Recording(calculator_module.EqGNNCalculator):
+        def __init__(self, model, domain_check="warn", **kwargs):
+            seen.append(domain_check)
+            super().__init__(model, **kwargs)
+
+    assert "domain_check" in inspect.signature(Recording.__init__).parameters
+    monkeypatch.setattr(calculator_module, "EqGNNCalculator", Recording)
+    monkeypatch.chdir(tmp_path)
+    model, structure = str(template / "tiny.pt"), str(template / "h2o.xyz")
+    for flags in ([], ["--allow-out-of-domain"]):
+        assert md_cli.main([structure, "--model", model, "--steps", "0", "--no-progress", "--traj",
+                            "none", "--log", "none", "--plot", "none", *flags]) == 0
+        assert relax_cli.main([structure, "--model", model, "--steps", "0", "--out", "r.xyz",
+                               *flags]) in (0, 1)
+    assert seen == ["raise", "raise", "warn", "warn"]
+
+
+def _domain_checks_available() -> bool:
+    import inspect
+
+    from ase_eqgnn import EqGNNCalculator
+
+    return "domain_check" in inspect.signature(EqGNNCalculator.__init__).parameters
+
+
+@pytest.mark.skipif(not _domain_checks_available(),
+                    reason="EqGNNCalculator(domain_check=...) comes with helper robust's branch")
+def test_leaving_the_training_domain_during_md_exits_3_and_a_start_outside_exits_2(workdir):
+    from ase_eqgnn.checkpoint import load_model
+
+    model = tiny_model()
+    model.domain = {"H-H": 0.7}  # trained on H-H pairs no closer than 0.7 Å: flagged below 0.525 Å
+    save_model(model, workdir / "domain.pt")
+    assert load_model(workdir / "domain.pt").domain == {"H-H": 0.7}
+    before = snapshot(workdir)
+    proc = run_tool("eqgnn-md", ["collide.extxyz", "--model", "domain.pt", "--ensemble", "nve",
+                                 "--steps", "200", "--interval", "5", "--no-progress"], workdir)
+    assert proc.returncode == 3 and "training domain" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(read(workdir / "md.traj", ":")) >= 2
+    proc = run_tool("eqgnn-md", ["collide.extxyz", "--model", "domain.pt", "--ensemble", "nve",
+                                 "--steps", "200", "--interval", "5", "--no-progress",
+                                 "--allow-out-of-domain"], workdir)
+    assert proc.returncode == 3 and "atoms collided" in proc.stderr  # warned, went on, collided
+    write(workdir / "close.xyz", Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.4]]))
+    earlier = snapshot(workdir)
+    proc = run_tool("eqgnn-md", ["close.xyz", "--model", "domain.pt", "--no-progress"], workdir)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert snapshot(workdir) == earlier
+    assert set(before) <= set(earlier)
