@@ -20,6 +20,7 @@ import pytest
 import torch
 from ase import Atoms, units
 from ase.build import bulk, molecule
+from ase.constraints import FixAtoms
 from ase.io import read, write
 
 from ase_eqgnn import build_model, save_model
@@ -84,6 +85,10 @@ def template(tmp_path_factory) -> Path:
     nan_atoms = molecule("H2O")
     nan_atoms.positions[1, 0] = np.nan
     write(folder / "nan.extxyz", nan_atoms)
+    fixed = molecule("H2O")
+    fixed.set_constraint(FixAtoms(indices=[0, 1, 2]))
+    write(folder / "all_fixed.traj", fixed)
+    (folder / "damaged.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(3000))
     (folder / "empty.xyz").write_text("")
     (folder / "garbage.xyz").write_bytes(os.urandom(2000))
     (folder / "garbage.pt").write_bytes(b"not a model\n" * 10)
@@ -155,6 +160,11 @@ BAD_INPUTS = {
     "md-traj-under-a-file": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--traj", "notes.txt/md.traj"], "not a folder"),
     "md-output-is-input": ("eqgnn-md", ["start.traj", *MD_MODEL, "--traj", "start.traj"], "also an input"),
     "md-two-outputs-one-file": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--json", "md.csv"], "same file"),
+    "md-temperature-absurd": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--temperature", "1e200"], "<= 1e+06"),
+    "md-all-atoms-fixed": ("eqgnn-md", ["all_fixed.traj", *MD_MODEL], "no degree of freedom"),
+    "md-empty-output-path": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--traj", ""], "'none'"),
+    "md-negative-number-needs-equals": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--pressure", "-1e5"],
+                                        "expected one argument"),
     "md-log-extension": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--log", "md.dat"], "extension '.dat'"),
     "md-plot-extension": ("eqgnn-md", ["cu.xyz", *MD_MODEL, "--plot", "md.gif"], "extension '.gif'"),
     # -------------------------------------------------------------------------------- eqgnn-relax
@@ -170,6 +180,8 @@ BAD_INPUTS = {
     "relax-collision-at-step-0": ("eqgnn-relax", ["overlap.xyz", "--model", "tiny.pt"], "overlapping"),
     "relax-out-is-input": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--out", "cu.xyz"],
                            "also an input"),
+    "relax-format-refuses-structure": ("eqgnn-relax", ["h2o.xyz", "--model", "tiny.pt", "--out", "POSCAR"],
+                                       "cannot write this structure"),
     "relax-missing-structure": ("eqgnn-relax", ["nothere.xyz", "--model", "tiny.pt"], "does not exist"),
     "relax-garbage-model": ("eqgnn-relax", ["cu.xyz", "--model", "garbage.pt"], "garbage.pt"),
     "relax-device-cuda": ("eqgnn-relax", ["cu.xyz", "--model", "tiny.pt", "--device", "cuda"], "CUDA"),
@@ -192,6 +204,7 @@ BAD_INPUTS = {
     "eval-unknown-unit": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--energy-unit", "furlongs",
                                          "--json", "metrics.json"], "furlongs"),
     "eval-unknown-element": ("eqgnn-eval", ["tiny.pt", "au.xyz", "--json", "metrics.json"], "Au"),
+    "eval-damaged-hdf5": ("eqgnn-eval", ["cu-emt", "damaged.h5", "--json", "metrics.json"], "damaged.h5"),
     "eval-device-cuda": ("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--device", "cuda"], "CUDA"),
     # -------------------------------------------------------------------------------- eqgnn-backmap
     "backmap-out-extension": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "aa.gro"],
@@ -210,6 +223,10 @@ BAD_INPUTS = {
                                                "--samples", "1000000000000"], "GiB"),
     "backmap-temperature-nan": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "aa.pdb",
                                                   "--temperature", "nan"], "--temperature"),
+    "backmap-temperature-absurd": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out",
+                                                     "aa.pdb", "--temperature", "1e300"], "<= 100"),
+    "backmap-seed-beyond-64-bits": ("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out",
+                                                      "aa.pdb", "--seed", str(2**64)], "--seed"),
     "backmap-garbage-model": ("eqgnn-backmap", ["--model", "garbage.pt", "--cg", "cg.npy", "--out",
                                                 "aa.pdb"], "garbage.pt"),
     "backmap-potential-as-backmapper": ("eqgnn-backmap", ["--model", "tiny.pt", "--cg", "cg.npy",
@@ -402,3 +419,21 @@ def test_leaving_the_training_domain_during_md_exits_3_and_a_start_outside_exits
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert snapshot(workdir) == earlier
     assert set(before) <= set(earlier)
+
+
+@pytest.mark.slow
+def test_backmap_and_eval_replace_only_their_named_outputs(workdir):
+    import mdtraj
+
+    before = snapshot(workdir)
+    proc = run_tool("eqgnn-backmap", ["--model", "ala2", "--cg", "cg.npy", "--out", "aa.pdb",
+                                      "--samples", "2", "--seed", "0", "--no-progress"], workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert mdtraj.load(str(workdir / "aa.pdb")).n_frames == 4
+    proc = run_tool("eqgnn-eval", ["cu-emt", "cu_data.extxyz", "--json", "metrics.json", "--plot",
+                                   "parity.png", "--index", "::10"], workdir)
+    assert proc.returncode == 0, proc.stderr
+    after = snapshot(workdir)
+    assert set(after) == set(before)
+    assert {n for n in before if before[n] != after[n]} == {"aa.pdb", "metrics.json", "parity.png"}
+    assert after["parity.png"].startswith(b"\x89PNG")

@@ -130,11 +130,20 @@ def test_command_line_front_ends(model, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "energy drift" in out
-    assert json.load(open(tmp_path / "c.json"))["steps"] == 10
+    summary = json.loads((tmp_path / "c.json").read_text(),  # strict JSON: no NaN tokens
+                         parse_constant=lambda token: pytest.fail(f"{token} in the JSON summary"))
+    assert summary["steps"] == 10 and summary["temperature_mean_K"] is not None
     rc = relax_cli.main([str(tmp_path / "cu.xyz"), "--model", str(path), "--cell", "--fmax", "0.05",
                          "--out", str(tmp_path / "relaxed.xyz")])
     assert rc == 0
     assert "converged" in capsys.readouterr().out
+    # NVT has no energy drift: null in the JSON, not a NaN token
+    assert md_cli.main([str(tmp_path / "cu.xyz"), "--model", str(path), "--steps", "5", "--traj",
+                        "none", "--log", "none", "--plot", "none", "--json", str(tmp_path / "d.json"),
+                        "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "d.json").read_text(),
+                         parse_constant=lambda token: pytest.fail(f"{token} in the JSON summary"))
+    assert summary["energy_drift_meV_per_atom_per_ps"] is None and summary["files"] == {}
     assert md_cli.main([str(tmp_path / "cu.xyz"), "--model", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err
 
@@ -289,3 +298,14 @@ def test_relax_refuses_bad_input_before_writing(tmp_path):
         relax(overlapping, EqGNNCalculator(build_model("painn", ["Cu"], cutoff=3.0, features=8,
                                                        layers=1)), **files)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier
+
+
+def test_npt_at_absurd_pressure_is_a_physics_stop(model):
+    # 1e7 bar squeezes the weak test model's copper: the volume runs away (below a tenth) within 40
+    # steps; -1e7 bar blows the cell up until atoms lose their neighbours
+    s = run_md(copper(), EqGNNCalculator(model, dtype="float64"), "npt", steps=200, interval=5,
+               pressure_bar=1e7, traj=None, log=None, plot=None, progress=False)
+    assert not s.completed and "cell volume ran away" in s.message
+    s = run_md(copper(), EqGNNCalculator(model, dtype="float64"), "npt", steps=200, interval=5,
+               pressure_bar=-1e7, traj=None, log=None, plot=None, progress=False)
+    assert not s.completed and ("flew apart" in s.message or "volume ran away" in s.message)
