@@ -6,10 +6,13 @@ With no arguments: the bundled alanine-dipeptide potential on its bundled struct
              [--steps N] [--traj out.traj] [--log out.csv] [--plot out.png] [--device cpu|cuda]
 
 Outputs: --traj (.traj, .xyz/.extxyz), --log (.csv, or ASE's MDLogger table for .log/.txt), --plot
-(.png/.pdf/.svg), --json (the summary); each may be "none". They are written under temporary names
-and moved into place at the end: a run that fails leaves existing files as they were. Exit codes:
-0 done, 2 a user error (nothing written), 3 the run was stopped by the physics (a blow-up, atoms
-colliding, or a structure outside the model's training domain; the frames so far are kept).
+(.png/.pdf/.svg), --json (the summary); each may be "none". Everything is checked before a file is
+written; outputs go to temporary names, the trajectory and log move into place after the first step
+(a killed run keeps its frames), the rest at the end: a run that fails before its first step leaves
+existing files as they were. Exit codes: 0 done, 2 a user error (nothing written), 3 the run was
+stopped by the physics (a blow-up, atoms colliding, or a structure outside the model's training
+domain; the frames so far are kept), 130/143 Ctrl-C/SIGTERM (the frames so far are kept). A negative
+pressure needs "=": --pressure=-1000.
 """
 
 from __future__ import annotations
