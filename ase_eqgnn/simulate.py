@@ -298,11 +298,12 @@ def relax(atoms: Atoms, calculator, fmax: float = 0.05, cell: bool = False,
           inputs: tuple = ()) -> RelaxSummary:
     """Relax ``atoms`` in place until the largest force (and cell force) is below ``fmax`` eV/Å.
 
-    ``out``: the final structure, in any format ASE writes (picked from the name); ``trajectory``:
-    the optimizer's steps (``.traj``). Both are written only when the run ends; a run stopped by the
-    physics (``completed=False``, see the module docstring) keeps the trajectory so far and writes
-    no ``out``. Raises ``ValueError`` for bad arguments or a starting structure the calculator
-    refuses, before any file is written.
+    ``out``: the final structure, in any format ASE writes (picked from the name), written when the
+    run ends; ``trajectory``: the optimizer's steps (``.traj``), under its final name from the first
+    step on. A run stopped by the physics (``completed=False``, see the module docstring) keeps the
+    trajectory so far and writes no ``out``. Raises ``ValueError`` for bad arguments, an ``out``
+    format that cannot hold this structure, or a starting structure the calculator refuses, before
+    any file is written.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
