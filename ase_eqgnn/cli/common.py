@@ -213,15 +213,8 @@ def is_user_error(err: BaseException) -> bool:
 
 def calculator_options(allow_out_of_domain: bool) -> dict:
     """Keyword arguments for :class:`~ase_eqgnn.calculator.EqGNNCalculator` that the commands pass:
-    the out-of-domain check raises (or, with ``--allow-out-of-domain``, warns) where the calculator
-    has it."""
-    import inspect
-
-    from ..calculator import EqGNNCalculator
-
-    if "domain_check" in inspect.signature(EqGNNCalculator.__init__).parameters:
-        return {"domain_check": "warn" if allow_out_of_domain else "raise"}
-    return {}
+    the out-of-domain check raises (or, with ``--allow-out-of-domain``, warns)."""
+    return {"domain_check": "warn" if allow_out_of_domain else "raise"}
 
 
 def kept_files_message(files: dict) -> str:
