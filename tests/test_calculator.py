@@ -9,7 +9,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_forces
 from ase.filters import FrechetCellFilter
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from conftest import maxwell_boltzmann
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -191,7 +191,7 @@ def test_loads_from_checkpoint_path(tmp_path):
 def test_nve_md_conserves_energy(name):
     atoms = copper()
     atoms.calc = EqGNNCalculator(make_model(name, cutoff=4.0), dtype="float64")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    maxwell_boltzmann(atoms, 300, np.random.default_rng(0))
     e0 = atoms.get_total_energy()
     dyn = VelocityVerlet(atoms, 1.0 * units.fs)
     energies = []
@@ -206,7 +206,7 @@ def test_ase_drivers_run():
     model = make_model("painn")
     atoms = copper()
     atoms.calc = EqGNNCalculator(model)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(1))
+    maxwell_boltzmann(atoms, 300, np.random.default_rng(1))
     Langevin(atoms, 1.0 * units.fs, temperature_K=300, friction=0.02,
              rng=np.random.default_rng(2), fixcm=False).run(10)
     assert np.isfinite(atoms.get_potential_energy())

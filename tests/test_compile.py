@@ -12,7 +12,7 @@ import pytest
 import torch
 from ase import units
 from ase.build import molecule
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from conftest import maxwell_boltzmann
 from ase.md.verlet import VelocityVerlet
 
 from ase_eqgnn import EqGNNCalculator
@@ -104,7 +104,7 @@ def test_compiled_md_follows_the_eager_trajectory():
     trajectories = []
     for compile in (False, True):
         atoms = biphenyl_like()
-        MaxwellBoltzmannDistribution(atoms, temperature_K=1500, rng=np.random.default_rng(1))
+        maxwell_boltzmann(atoms, 1500, np.random.default_rng(1))
         calc = EqGNNCalculator(model, dtype="float64", skin=0.05, compile=compile)
         atoms.calc = calc
         VelocityVerlet(atoms, timestep=1.0 * units.fs).run(20)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ase import Atoms, units
 from ase.build import bulk, molecule
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from conftest import maxwell_boltzmann
 from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
@@ -179,7 +179,7 @@ def test_md_on_cuda_follows_the_cpu_trajectory():
     for device in ("cpu", "cuda"):
         atoms = systems()["Cu108"]
         atoms.calc = EqGNNCalculator(make_model("painn"), device=device, dtype="float64", skin=0.3)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(5))
+        maxwell_boltzmann(atoms, 600, np.random.default_rng(5))
         VelocityVerlet(atoms, 2.0 * units.fs).run(40)
         trajectories[device] = (atoms.positions.copy(), atoms.get_total_energy(),
                                 atoms.calc.neighbors.builds)
@@ -242,7 +242,7 @@ def test_cuda_graph_replays_follow_the_eager_trajectory(name, system):
         calc = EqGNNCalculator(make_model(name), device="cuda", dtype="float64", skin=0.3,
                                cuda_graphs=graphs)
         atoms.calc = calc
-        MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(7))
+        maxwell_boltzmann(atoms, 600, np.random.default_rng(7))
         VelocityVerlet(atoms, 1.0 * units.fs).run(40)
         runs[graphs] = (atoms.positions.copy(), atoms.get_forces(), calc.neighbors.builds)
         if graphs:
