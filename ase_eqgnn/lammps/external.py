@@ -36,8 +36,8 @@ import torch
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from ..neighbors import VerletList
-from .model import (ModelLike, energies_and_pair_gradients, load_potential, prepare,
-                    receptive_field, resolve_device, resolve_dtype)
+from .model import (ModelLike, check_min_distance, energies_and_pair_gradients, load_potential,
+                    prepare, receptive_field, resolve_device, resolve_dtype)
 from .mpi import Allreduce, preload_wheel_mpi
 from .script import RUN_COMMANDS, Command, InputError, read_commands
 
@@ -49,7 +49,8 @@ MASS_TOLERANCE = 0.5
 
 
 class ModelFailure(RuntimeError):
-    """The model failed inside a LAMMPS run (on this rank or another)."""
+    """The model failed inside a LAMMPS run (on this rank or another); the message names the step
+    and the original exception (kept as ``__cause__`` on the rank where it happened)."""
 
 
 def _box(lmp):
@@ -106,11 +107,13 @@ class ExternalModel:
 
     ``lmp``: the ``lammps.lammps`` instance; ``model``: a prepared Potential (see
     :func:`.model.prepare`); ``species_of_type``: the model's species index for each LAMMPS type
-    (index 0 unused); ``skin``: the Verlet skin of this object's own neighbour list (Å).
+    (index 0 unused); ``skin``: the Verlet skin of this object's own neighbour list (Å);
+    ``min_distance``: closer atoms raise :class:`~ase_eqgnn.errors.AtomsTooCloseError` (Å).
     """
 
     def __init__(self, lmp, model, species_of_type: torch.Tensor, fix_id: str = FIX_ID,
-                 skin: float = 0.5):
+                 skin: float = 0.5, min_distance: float = 0.1):
+        self.min_distance = float(min_distance)
         self.lmp = lmp
         self.model = model
         self.fix_id = fix_id
@@ -119,6 +122,7 @@ class ExternalModel:
         self.reduce = Allreduce(lmp)
         self.neighbors = VerletList(float(model.cutoff), skin=skin, backend="auto")
         self.error: Optional[BaseException] = None
+        self.failed_at: Optional[int] = None
         self.timing = Timing()
 
     # ---------------------------------------------------------------- evaluation
@@ -141,10 +145,17 @@ class ExternalModel:
             vec = vec + shifts.to(torch.float64) @ cell_t
         return positions, types, i, j, vec
 
+    def _name_pair(self, i, j):
+        def name(e):
+            ids = self.lmp.numpy.extract_atom("id")
+            return f"atoms {int(ids[int(i[e])])} and {int(ids[int(j[e])])}"
+        return name
+
     def evaluate(self, nlocal: int, x_local: np.ndarray):
         """This rank's energy share (eV), forces on its local atoms [nlocal, 3] (eV/Å) and virial
         share (xx, yy, zz, xy, xz, yz; eV)."""
         positions, types, i, j, vec = self._graph(nlocal, x_local)
+        check_min_distance(vec, self.min_distance, self._name_pair(i, j))
         dev, dtype = self.device, self.model.dtype
         species = self.species_of_type.index_select(0, types.to(dev))
         edge_index = torch.stack([i, j]).to(dev)
@@ -169,13 +180,16 @@ class ExternalModel:
             energy, forces, virial = self.evaluate(int(nlocal), x)
             f[:] = forces
         except BaseException as err:  # noqa: BLE001 - nothing may propagate into LAMMPS's C++
-            self.error = self.error or err
+            if self.error is None:
+                self.error = err
+                self.failed_at = int(ntimestep)
             f[:] = 0.0
             energy, virial, failed = 0.0, np.zeros(6), 1.0
         totals = self.reduce.sum(np.concatenate([[energy], virial, [failed]]))
         if totals[7] > 0:  # some rank failed: every rank stops at the next step
             if self.error is None:
                 self.error = ModelFailure("the model failed on another MPI rank")
+                self.failed_at = int(ntimestep)
             self.lmp.force_timeout()
         self.lmp.fix_external_set_energy_global(self.fix_id, float(totals[0]))
         self.lmp.fix_external_set_virial_global(self.fix_id, [float(v) for v in totals[1:7]])
@@ -259,12 +273,22 @@ class _Runner:
             try:
                 self.lmp.command(command.text)
             except Exception as err:
-                if self.callback is not None and self.callback.error is not None:
-                    raise self.callback.error
+                self._raise_model_error()
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise InputError(f"{command.where}: LAMMPS: {message}") from None
-            if self.callback is not None and self.callback.error is not None:
-                raise self.callback.error
+            self._raise_model_error()
+
+    def _raise_model_error(self) -> None:
+        callback = self.callback
+        if callback is None or callback.error is None:
+            return
+        err = callback.error
+        if isinstance(err, KeyboardInterrupt):
+            raise err
+        if isinstance(err, ModelFailure):
+            raise ModelFailure(f"step {callback.failed_at}: {err}")
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelFailure(f"step {callback.failed_at}: {type(err).__name__}: {text}") from err
 
 
 def run_input(path, model: ModelLike, dtype: str = "float64", elements: Optional[Sequence[str]] = None,
@@ -280,8 +304,8 @@ def run_input(path, model: ModelLike, dtype: str = "float64", elements: Optional
     neighbour list (Å); ``finalize``: shut MPI down at the end (a command that owns its process;
     no LAMMPS can be started in this process afterwards). Runs on as many ranks as the process was started with (``mpirun -np N``).
 
-    Raises :class:`~.script.InputError` (a ValueError) for an input it cannot run, and the model's
-    exception (or :class:`ModelFailure` on the ranks where it did not happen) when the model fails.
+    Raises :class:`~.script.InputError` (a ValueError) for an input it cannot run, and
+    :class:`ModelFailure` on every rank when the model fails during a run (after the run stopped).
     """
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)

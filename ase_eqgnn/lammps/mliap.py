@@ -39,8 +39,8 @@ import torch
 from ase.data import chemical_symbols
 
 from .. import heap
-from .model import (ModelLike, energies_and_pair_gradients, load_potential, prepare,
-                    receptive_field, resolve_device, resolve_dtype)
+from .model import (ModelLike, check_min_distance, energies_and_pair_gradients, load_potential,
+                    prepare, receptive_field, resolve_device, resolve_dtype)
 
 try:  # the abstract base LAMMPS expects, where LAMMPS's Python module is importable
     from lammps.mliap.mliap_unified_abc import MLIAPUnified as _UnifiedBase
@@ -63,6 +63,9 @@ class EqGNNMLIAP(_UnifiedBase):
     dtype : "float64" (default; exact against :class:`~ase_eqgnn.EqGNNCalculator` in float64) or
         "float32".
     device : "cpu" or "cuda" (LAMMPS's arrays are copied there and back; untested here).
+    min_distance : two atoms closer than this (Å) raise
+        :class:`~ase_eqgnn.errors.AtomsTooCloseError` (LAMMPS then stops with an error), as in
+        :class:`~ase_eqgnn.EqGNNCalculator`; 0 turns the check off.
     keep_freed_memory : on the CPU, call :func:`ase_eqgnn.heap.keep_freed_memory` at the first
         step, as :class:`~ase_eqgnn.EqGNNCalculator` does by default (process-wide; see there).
 
@@ -71,8 +74,11 @@ class EqGNNMLIAP(_UnifiedBase):
     """
 
     def __init__(self, model: ModelLike, dtype: str = "float64", device="cpu",
-                 keep_freed_memory: bool = True):
+                 min_distance: float = 0.1, keep_freed_memory: bool = True):
         self.dtype_name = resolve_dtype(dtype)
+        self.min_distance = float(min_distance)
+        if not self.min_distance >= 0:
+            raise ValueError(f"min_distance must be a non-negative number of Å, got {min_distance}")
         self.device = resolve_device(device)
         potential, self._checkpoint = load_potential(model)
         self.model = prepare(potential, self.dtype_name, self.device)
@@ -95,7 +101,7 @@ class EqGNNMLIAP(_UnifiedBase):
     def __reduce__(self):
         """Rebuilt from the checkpoint's bytes and plain settings: the pickle names only this class."""
         return (self.__class__, (self._checkpoint, self.dtype_name, str(self.device),
-                                 self.keep_freed_memory))
+                                 self.min_distance, self.keep_freed_memory))
 
     # ---------------------------------------------------------------- ML-IAP protocol
     def compute_descriptors(self, data) -> None:
@@ -132,6 +138,8 @@ class EqGNNMLIAP(_UnifiedBase):
         else:
             edge_index = torch.zeros(2, 0, dtype=torch.long, device=device)
             vec = torch.zeros(0, 3, dtype=dtype, device=device)
+        check_min_distance(vec, self.min_distance, lambda e: "two atoms (indices {} and {} on this "
+                           "rank)".format(*edge_index[:, e].tolist()))
         energies, grad = energies_and_pair_gradients(self.model, species, edge_index, vec, local)
         eatoms = energies.index_select(0, local).to(torch.float64).cpu().numpy()
         if nlist:

@@ -37,6 +37,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from ..checkpoint import load_model, save_model
+from ..errors import AtomsTooCloseError
 from ..models.potential import Potential
 from ..pretrained import resolve_model
 
@@ -118,6 +119,18 @@ def receptive_field(model: Potential) -> float:
     return int(model.config["hparams"]["layers"]) * float(model.cutoff)
 
 
+def check_min_distance(edge_vec: torch.Tensor, min_distance: float, name_pair) -> None:
+    """AtomsTooCloseError if some pair is shorter than ``min_distance`` (Å); ``name_pair(e)`` says
+    which atoms pair ``e`` joins (for the message)."""
+    if edge_vec.shape[0] == 0 or min_distance <= 0:
+        return
+    lengths = edge_vec.detach().norm(dim=1)
+    e = int(torch.argmin(lengths))
+    if float(lengths[e]) < min_distance:
+        raise AtomsTooCloseError(f"{name_pair(e)} are {float(lengths[e]):.3g} Å apart, closer than "
+                                 f"min_distance={min_distance} Å: overlapping atoms")
+
+
 def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_index: torch.Tensor,
                                 edge_vec: torch.Tensor, counted: Optional[torch.Tensor] = None
                                 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -139,5 +152,5 @@ def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_in
     return energies.detach(), grad.detach()
 
 
-__all__ = ["DTYPES", "load_potential", "prepare", "resolve_dtype", "resolve_device", "receptive_field",
-           "energies_and_pair_gradients"]
+__all__ = ["DTYPES", "check_min_distance", "load_potential", "prepare", "resolve_dtype",
+           "resolve_device", "receptive_field", "energies_and_pair_gradients"]
