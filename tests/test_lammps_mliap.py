@@ -154,6 +154,40 @@ def test_too_thin_ghost_shell_is_wrong():
     assert np.abs(data.folded_forces() - reference(model, atoms)["forces"]).max() > 1e-6
 
 
+def test_thicker_shell_same_result_and_pruned(monkeypatch):
+    """A shell with LAMMPS's skin on top gives the same numbers; the atoms beyond layers hops and
+    the pairs among the outermost ones are not evaluated."""
+    model = small_model("tp")
+    atoms = periodic_system()
+    unified = EqGNNMLIAP(model, keep_freed_memory=False)
+    seen = []
+    original = model_module.energies_and_pair_gradients
+
+    def spy(model, species, edge_index, vec, counted):
+        seen.append((species.shape[0], edge_index.shape[1]))
+        return original(model, species, edge_index, vec, counted)
+
+    monkeypatch.setattr(mliap_module, "energies_and_pair_gradients", spy)
+    data = evaluate(unified, atoms, shell=unified.receptive_field + 2.0)
+    ref = reference(model, atoms)
+    np.testing.assert_allclose(data.folded_forces(), ref["forces"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(data.virial, ref["virial"], rtol=0, atol=1e-10)
+    nodes, pairs = seen[0]
+    assert nodes < data.ntotal and pairs < data.npairs
+
+
+def test_hop_distances_and_pruning_on_a_chain():
+    # chain 0-1-2-3-4-5 (both directions), source 0, two layers
+    i = torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 4, 5])
+    j = torch.tensor([1, 0, 2, 1, 3, 2, 4, 3, 5, 4])
+    edges = torch.stack([i, j])
+    assert model_module.hop_distances(edges, 6, torch.tensor([0]), 3).tolist() == [0, 1, 2, 3, 4, 4]
+    nodes, kept, sub, hop = model_module.prune_to_hops(edges, 6, torch.tensor([0]), 2)
+    assert nodes.tolist() == [0, 1, 2] and hop.tolist() == [0, 1, 2]
+    assert edges[:, kept].tolist() == [[0, 1, 1, 2], [1, 0, 2, 1]] and sub.tolist() == [[0, 1, 1, 2],
+                                                                                        [1, 0, 2, 1]]
+
+
 def test_float32():
     model = small_model("painn")
     atoms = periodic_system()
@@ -268,3 +302,43 @@ def test_works_without_lammps():
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------------------------ eqgnn-lammps-export
+def test_export_command_default_name_and_lines(tmp_path, monkeypatch, capsys):
+    from ase_eqgnn.cli import lammps_export
+
+    monkeypatch.chdir(tmp_path)
+    assert lammps_export.main(["cu-emt", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "pair_style mliap unified cu-emt.mliap.pkl 1" in out
+    assert "pair_coeff * * Cu" in out and "comm_modify cutoff 11" in out  # 2 x 4.5 Å + 2 Å
+    with open(tmp_path / "cu-emt.mliap.pkl", "rb") as f:
+        assert pickle.load(f).dtype_name == "float32"
+    assert lammps_export.main(["cu-emt", "-o", "x.pkl", "--skin", "1.0"]) == 0
+    assert "comm_modify cutoff 10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cu-emt", "-o", "x.pt"], "torch.load"),
+    (["nope"], "no bundled potential"),
+    (["missing.pt"], "does not exist"),
+    (["cu-emt", "--skin", "nan"], "--skin"),
+    (["cu-emt", "--threads", "-2"], "positive integer"),
+    (["cu-emt", "-o", "no/such/dir/x.pkl"], "does not exist"),
+    ([], "model"),
+])
+def test_export_command_errors(tmp_path, monkeypatch, capsys, args, message):
+    from ase_eqgnn.cli import lammps_export
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.pkl").write_bytes(b"keep")
+    try:
+        code = lammps_export.main(args)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("error: ")
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pkl"]
+    assert (tmp_path / "x.pkl").read_bytes() == b"keep"

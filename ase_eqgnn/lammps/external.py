@@ -37,7 +37,7 @@ from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from ..neighbors import VerletList
 from .model import (ModelLike, check_min_distance, energies_and_pair_gradients, load_potential,
-                    prepare, receptive_field, resolve_device, resolve_dtype)
+                    prepare, prune_to_hops, receptive_field, resolve_device, resolve_dtype)
 from .mpi import Allreduce, preload_wheel_mpi
 from .script import RUN_COMMANDS, Command, InputError, read_commands
 
@@ -114,6 +114,7 @@ class ExternalModel:
     def __init__(self, lmp, model, species_of_type: torch.Tensor, fix_id: str = FIX_ID,
                  skin: float = 0.5, min_distance: float = 0.1):
         self.min_distance = float(min_distance)
+        self.layers = int(model.config["hparams"]["layers"])
         self.lmp = lmp
         self.model = model
         self.fix_id = fix_id
@@ -156,13 +157,20 @@ class ExternalModel:
         share (xx, yy, zz, xy, xz, yz; eV)."""
         positions, types, i, j, vec = self._graph(nlocal, x_local)
         check_min_distance(vec, self.min_distance, self._name_pair(i, j))
-        dev, dtype = self.device, self.model.dtype
-        species = self.species_of_type.index_select(0, types.to(dev))
-        edge_index = torch.stack([i, j]).to(dev)
-        energies, g = energies_and_pair_gradients(self.model, species, edge_index,
-                                                  vec.to(device=dev, dtype=dtype))
-        g = g.to(torch.float64).cpu()
         n = positions.shape[0]
+        dev, dtype = self.device, self.model.dtype
+        edge_index = torch.stack([i, j])
+        counted = None
+        if n > nlocal:  # ghosts: only what lies within 2 x layers pairs of a local atom matters
+            nodes, kept, edge_index, hop = prune_to_hops(edge_index, n, torch.arange(nlocal),
+                                                         2 * self.layers)
+            counted = (hop <= self.layers).nonzero().squeeze(1).to(dev)  # their E_i is exact
+            types, vec, n = types.index_select(0, nodes), vec[kept], nodes.numel()
+        species = self.species_of_type.index_select(0, types.to(dev))
+        energies, g = energies_and_pair_gradients(self.model, species, edge_index.to(dev),
+                                                  vec.to(device=dev, dtype=dtype), counted)
+        g = g.to(torch.float64).cpu()
+        i, j = edge_index[0], edge_index[1]  # local atoms keep their indices 0..nlocal-1
         forces = torch.zeros(n, 3, dtype=torch.float64)
         forces.index_add_(0, i, g).index_add_(0, j, -g)
         own = i < nlocal

@@ -40,7 +40,7 @@ from ase.data import chemical_symbols
 
 from .. import heap
 from .model import (ModelLike, check_min_distance, energies_and_pair_gradients, load_potential,
-                    prepare, receptive_field, resolve_device, resolve_dtype)
+                    prepare, prune_to_hops, receptive_field, resolve_device, resolve_dtype)
 
 try:  # the abstract base LAMMPS expects, where LAMMPS's Python module is importable
     from lammps.mliap.mliap_unified_abc import MLIAPUnified as _UnifiedBase
@@ -48,9 +48,12 @@ except Exception:  # no LAMMPS (or one without ML-IAP): the same attributes, set
     _UnifiedBase = object
 
 
-def _as_numpy(array, dtype) -> np.ndarray:
-    """A C-contiguous numpy copy/view of one of ``data``'s arrays (LAMMPS gives numpy views)."""
-    return np.ascontiguousarray(np.asarray(array), dtype=dtype)
+def _tensor(array, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One of ``data``'s arrays as a tensor: numpy views (LAMMPS on the CPU) or device arrays with
+    ``__cuda_array_interface__`` (LAMMPS's KOKKOS build hands over cupy arrays; untested here)."""
+    if isinstance(array, np.ndarray):
+        array = torch.from_numpy(np.ascontiguousarray(array))
+    return torch.as_tensor(array, device=device).to(dtype)
 
 
 class EqGNNMLIAP(_UnifiedBase):
@@ -96,6 +99,7 @@ class EqGNNMLIAP(_UnifiedBase):
         numbers = torch.tensor(species, dtype=torch.long)
         self._species_of_element = self.model.species_index(numbers.to(self.device))
         self.receptive_field = receptive_field(self.model)
+        self.layers = int(self.model.config["hparams"]["layers"])
 
     # ---------------------------------------------------------------- pickling
     def __reduce__(self):
@@ -112,41 +116,48 @@ class EqGNNMLIAP(_UnifiedBase):
 
     def compute_forces(self, data) -> None:
         """Energies of the local atoms into ``data.eatoms``/``data.energy``, pair forces through
-        ``data.update_pair_forces`` (see the module docstring for the maths)."""
+        ``data.update_pair_forces`` (see the module docstring for the maths).
+
+        Only the part of the graph the local energies can see is evaluated
+        (:func:`~.model.prune_to_hops`: atoms within ``layers`` pairs of a local atom); the other
+        pairs get zero forces, which is their exact derivative."""
         if self.keep_freed_memory and not self._heap_set and self.device.type == "cpu":
             heap.keep_freed_memory()
             self._heap_set = True
         device, dtype = self.device, self.model.dtype
-        ntotal, npairs = int(data.ntotal), int(data.npairs)
-        nlist = int(data.nlistatoms)
-        elems = torch.as_tensor(_as_numpy(data.elems, np.int64)[:ntotal], device=device)
+        ntotal, npairs, nlist = int(data.ntotal), int(data.npairs), int(data.nlistatoms)
+        elems = _tensor(data.elems, torch.long, device)[:ntotal]
         if elems.numel() and bool((elems < 0).any()):
             raise ValueError("atom types mapped to NULL in pair_coeff are not supported by "
                              "EqGNNMLIAP: map every type to one of " + " ".join(self.element_types))
-        species = self._species_of_element.index_select(0, elems)
-        if data.iatoms is not None:
-            local = _as_numpy(data.iatoms, np.int64)[:nlist]
-        else:
-            local = np.arange(nlist, dtype=np.int64)
-        local = torch.as_tensor(local, device=device)
+        local = (_tensor(data.iatoms, torch.long, device)[:nlist] if data.iatoms is not None
+                 else torch.arange(nlist, device=device))
+        host_arrays = npairs == 0 or isinstance(data.rij, np.ndarray)
         if npairs > 0:
-            edge_index = torch.as_tensor(np.stack([_as_numpy(data.pair_i, np.int64)[:npairs],
-                                                   _as_numpy(data.pair_j, np.int64)[:npairs]]),
-                                         device=device)
-            vec = torch.as_tensor(_as_numpy(data.rij, np.float64)[:npairs], device=device,
-                                  dtype=dtype)
+            edge_index = torch.stack([_tensor(data.pair_i, torch.long, device)[:npairs],
+                                      _tensor(data.pair_j, torch.long, device)[:npairs]])
+            vec = _tensor(data.rij, dtype, device)[:npairs]
         else:
             edge_index = torch.zeros(2, 0, dtype=torch.long, device=device)
             vec = torch.zeros(0, 3, dtype=dtype, device=device)
         check_min_distance(vec, self.min_distance, lambda e: "two atoms (indices {} and {} on this "
                            "rank)".format(*edge_index[:, e].tolist()))
-        energies, grad = energies_and_pair_gradients(self.model, species, edge_index, vec, local)
-        eatoms = energies.index_select(0, local).to(torch.float64).cpu().numpy()
+        nodes, kept, sub_edges, _ = prune_to_hops(edge_index, ntotal, local, self.layers)
+        species = self._species_of_element.index_select(0, elems.index_select(0, nodes))
+        sub_local = torch.searchsorted(nodes, local)  # nodes are ascending and include every local
+        energies, g_kept = energies_and_pair_gradients(self.model, species, sub_edges, vec[kept],
+                                                       sub_local)
+        eatoms = energies.index_select(0, sub_local).to(torch.float64)
         if nlist:
-            data.eatoms = np.ascontiguousarray(eatoms)
+            try:
+                data.eatoms = eatoms.cpu().numpy()
+            except AttributeError:  # (KOKKOS) a read-only property: the array to fill
+                torch.as_tensor(data.eatoms, device=device).copy_(eatoms)
         data.energy = float(eatoms.sum())
         if npairs > 0:
-            data.update_pair_forces(np.ascontiguousarray(grad.to(torch.float64).cpu().numpy()))
+            fij = torch.zeros(npairs, 3, dtype=torch.float64, device=device)
+            fij[kept] = g_kept.to(torch.float64)
+            data.update_pair_forces(fij.cpu().numpy() if host_arrays else fij.contiguous())
 
     def __repr__(self) -> str:
         return (f"EqGNNMLIAP({self.model.config['name']}, elements={self.element_types}, "

@@ -119,6 +119,40 @@ def receptive_field(model: Potential) -> float:
     return int(model.config["hparams"]["layers"]) * float(model.cutoff)
 
 
+def hop_distances(edge_index: torch.Tensor, n_nodes: int, sources: torch.Tensor,
+                  max_hops: int) -> torch.Tensor:
+    """Graph distance (number of pairs) of every node from the nearest of ``sources``, [n_nodes]
+    int64, counted up to ``max_hops``; farther nodes get ``max_hops + 1``."""
+    far = max_hops + 1
+    hops = torch.full((n_nodes,), far, dtype=torch.long, device=edge_index.device)
+    hops[sources] = 0
+    i, j = edge_index[0], edge_index[1]
+    for step in range(1, max_hops + 1):
+        reached = torch.zeros(n_nodes, dtype=torch.bool, device=edge_index.device)
+        reached[j[hops.index_select(0, i) == step - 1]] = True
+        reached[i[hops.index_select(0, j) == step - 1]] = True
+        hops[reached & (hops > step)] = step
+    return hops
+
+
+def prune_to_hops(edge_index: torch.Tensor, n_nodes: int, sources: torch.Tensor, hops: int):
+    """The part of a graph that an L-layer message-passing energy of ``sources`` can see, L = ``hops``.
+
+    The energy of a source depends on the layer-l features of nodes at most L - l pairs away, and
+    the layer-l features on the pairs into them: so only nodes within L hops and pairs with an end
+    within L - 1 hops matter. The rest (ghost atoms beyond the receptive field, the skin, the
+    pairs among the outermost atoms) is dropped. Returns ``(nodes, pairs, edge_index, hop)``: the
+    kept nodes (old indices, ascending), a bool mask of the kept pairs, the kept pairs renumbered,
+    and the kept nodes' hop distances.
+    """
+    hop = hop_distances(edge_index, n_nodes, sources, hops)
+    pairs = (hop.index_select(0, edge_index[0]) < hops) | (hop.index_select(0, edge_index[1]) < hops)
+    nodes = (hop <= hops).nonzero().squeeze(1)
+    renumber = torch.full((n_nodes,), -1, dtype=torch.long, device=edge_index.device)
+    renumber[nodes] = torch.arange(nodes.numel(), device=edge_index.device)
+    return nodes, pairs, renumber[edge_index[:, pairs]], hop.index_select(0, nodes)
+
+
 def check_min_distance(edge_vec: torch.Tensor, min_distance: float, name_pair) -> None:
     """AtomsTooCloseError if some pair is shorter than ``min_distance`` (Å); ``name_pair(e)`` says
     which atoms pair ``e`` joins (for the message)."""
@@ -152,5 +186,5 @@ def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_in
     return energies.detach(), grad.detach()
 
 
-__all__ = ["DTYPES", "check_min_distance", "load_potential", "prepare", "resolve_dtype",
+__all__ = ["DTYPES", "hop_distances", "prune_to_hops", "check_min_distance", "load_potential", "prepare", "resolve_dtype",
            "resolve_device", "receptive_field", "energies_and_pair_gradients"]
