@@ -58,6 +58,7 @@ def reference(model, atoms):
 
 
 def check_against_reference(tmp_path, model, atoms, specorder, ranks, extra_args=()):
+    """Run ``run 0`` on ``atoms`` (positions in LAMMPS's frame) and compare with the calculator."""
     write_data(atoms, tmp_path / "system.data", specorder)
     boundary = "p p p" if atoms.pbc.all() else "f f f"
     (tmp_path / "in.lmp").write_text(CU_INPUT.format(boundary=boundary, virial=VIRIAL_PRESSURE,
@@ -93,6 +94,41 @@ def test_ala2_in_a_box_equals_calculator(tmp_path, ranks):
     """An open molecule (boundary f f f), types from their masses (H C N O)."""
     proc = check_against_reference(tmp_path, "ala2", ala2_in_box(), ["H", "C", "N", "O"], ranks)
     assert "types -> H C N O" in proc.stdout
+
+
+@needs_wheel
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_triclinic_cell_equals_calculator(tmp_path, ranks):
+    """A skewed periodic cell (LAMMPS's tilted box; the data file holds it in LAMMPS's frame)."""
+    from ase.io import read
+
+    atoms = bulk("Cu", "fcc", a=3.61).repeat((4, 4, 4))  # primitive fcc cell: 60-degree angles
+    atoms.rattle(0.08, seed=9)
+    write_data(atoms, tmp_path / "tilted.data", ["Cu"])
+    in_lammps_frame = read(tmp_path / "tilted.data", format="lammps-data", units="metal",
+                           atom_style="atomic")
+    in_lammps_frame.set_chemical_symbols(["Cu"] * len(atoms))
+    assert abs(in_lammps_frame.cell.cellpar()[3] - 60.0) < 1e-6
+    check_against_reference(tmp_path, "cu-emt", in_lammps_frame, ["Cu"], ranks)
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_minimize_reaches_the_calculator_minimum(tmp_path):
+    atoms = rattled_cu(2, seed=4)
+    write_data(atoms, tmp_path / "system.data", ["Cu"])
+    (tmp_path / "in.lmp").write_text(
+        "units metal\natom_style atomic\nboundary p p p\nread_data system.data\n"
+        "thermo_style custom step pe fmax\nthermo_modify format float %.17g\n"
+        "min_style cg\nminimize 0 1e-6 1000 10000\n"
+        "write_dump all custom final.dump id type x y z modify format float %.17g\n")
+    proc = run_eqgnn_lammps(["in.lmp", "--model", "cu-emt"], 1, tmp_path)
+    rows = read_thermo(proc.stdout)
+    assert rows[-1]["PotEng"] < rows[0]["PotEng"] - 1e-3 and rows[-1]["Fmax"] < 1e-5
+    final = read_final_frame(tmp_path / "final.dump", ["Cu"])
+    ref = reference("cu-emt", final)
+    assert abs(rows[-1]["PotEng"] - ref["energy"]) < 1e-9 and np.abs(ref["forces"]).max() < 1e-5
 
 
 @needs_wheel
