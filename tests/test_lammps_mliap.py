@@ -228,6 +228,15 @@ def test_no_pairs_gives_reference_energies():
     assert abs(data.energy - reference(model, atoms)["energy"]) < 1e-12
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_rank_without_atoms(name):
+    """A rank may own no atoms (a molecule in a large box on many ranks): zero energy, no forces."""
+    unified = EqGNNMLIAP(small_model(name), keep_freed_memory=False)
+    data = FakeData(Atoms(), unified.element_types, 6.5, 3.2)
+    unified.compute_forces(data)
+    assert data.energy == 0.0 and data.ntotal == 0
+
+
 # ------------------------------------------------------------------------------------ the file
 def globals_named(blob):
     """(module, name) of every global a pickle imports when loaded."""

@@ -174,6 +174,9 @@ def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_in
     ``edge_vec`` [E, 3] their vectors r_j - r_i in the model's dtype and device; ``counted`` the
     indices of the atoms whose energies are differentiated (None: all).
     """
+    if species.shape[0] == 0:  # (a rank that holds no atoms: nothing to evaluate)
+        return (torch.zeros(0, dtype=edge_vec.dtype, device=edge_vec.device),
+                torch.zeros_like(edge_vec))
     vec = edge_vec.detach().requires_grad_(True)
     with torch.enable_grad():
         energies = model.energies_from_edges(species, edge_index, vec)
