@@ -322,6 +322,7 @@ def test_export_command_default_name_and_lines(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "pair_style mliap unified cu-emt.mliap.pkl 1" in out
     assert "pair_coeff * * Cu" in out and "comm_modify cutoff 11" in out  # 2 x 4.5 Å + 2 Å
+    assert "raise it if the input's neighbor skin is larger" in out
     with open(tmp_path / "cu-emt.mliap.pkl", "rb") as f:
         assert pickle.load(f).dtype_name == "float32"
     assert lammps_export.main(["cu-emt", "-o", "x.pkl", "--skin", "1.0"]) == 0

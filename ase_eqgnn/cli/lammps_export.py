@@ -57,6 +57,8 @@ def main(argv=None) -> int:
           f"{result.unified.receptive_field:g} Å). LAMMPS input lines:")
     for line in result.input_lines:
         print("  " + line)
+    print(f"(comm_modify cutoff = layers x cutoff + a {args.skin:g} Å neighbour skin: raise it if "
+          "the input's neighbor skin is larger, e.g. with --skin)")
     return 0
 
 
