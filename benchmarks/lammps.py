@@ -206,7 +206,8 @@ def weak_scaling(results: dict, layers: int, cutoff: float):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[864, 6912, 32000])
     p.add_argument("--steps", type=int, nargs="+", default=[20, 5, 2],
                    help="timed MD steps per size (one number for all, or one per size)")

@@ -9,7 +9,8 @@ its own atoms' positions. With R = layers x cutoff and L = layers:
   sends ghosts up to 2R + skin from the subdomain; the skin because it refreshes them only when some
   atom moved more than half of it), joined by a periodic neighbour list in LAMMPS's box. Periodic
   images of the rank's own atoms, and repeated images of others, are the same atoms, so they are
-  not evaluated twice. Only atoms within 2L pairs of an own atom are kept (:func:`.model.prune_to_hops`).
+  not evaluated twice. Only atoms within 2L pairs of an own atom are kept
+  (:func:`.model.prune_to_hops`).
 * an atom h pairs from the own atoms has an image within h x cutoff of the subdomain, so for
   h <= 2L - 1 all its neighbours are in the graph. The atoms within L pairs (S) therefore have
   exact energies E_i, and no other atom's energy depends on an own atom. With
@@ -320,7 +321,8 @@ def run_input(path, model: ModelLike, dtype: str = "float64", elements: Optional
     temporary name and moved into place when the run succeeds (None: no log); ``variables``:
     ``(name, value)`` pairs passed as ``-var``; ``skin``: the Verlet skin of the model's own
     neighbour list (Å); ``finalize``: shut MPI down at the end (a command that owns its process;
-    no LAMMPS can be started in this process afterwards). Runs on as many ranks as the process was started with (``mpirun -np N``).
+    no LAMMPS can be started in this process afterwards). Runs on as many ranks as the process
+    was started with (``mpirun -np N``).
 
     Raises :class:`~.script.InputError` (a ValueError) for an input it cannot run, and
     :class:`ModelFailure` on every rank when the model fails during a run (after the run stopped).
