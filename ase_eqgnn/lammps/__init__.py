@@ -14,6 +14,7 @@ Both are exact: the same energies, forces and virial as :class:`~ase_eqgnn.EqGNN
 """
 
 from .export import export_mliap
+from .external import run_input
 from .mliap import EqGNNMLIAP
 
-__all__ = ["EqGNNMLIAP", "export_mliap"]
+__all__ = ["EqGNNMLIAP", "export_mliap", "run_input"]
