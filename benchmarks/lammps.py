@@ -23,11 +23,13 @@ With ``--repeats R`` the variants take turns R times and the fastest run of each
 shared machine the least disturbed one; every run's steps/s is in the JSON).
 
 Weak-scaling estimate: with n atoms per rank in a cube of side a = (n / rho)^(1/3) and a shell of
-thickness s around it, a rank evaluates about rho (a + 2 s)^3 atoms. ML-IAP evaluates atoms within
-``layers`` pairs of its own (s ~ layers x cutoff = 9 Å at most); the per-atom cost c comes from the
-largest ML-IAP 1-rank run (its periodic images are ghosts too, evaluated alike). The estimate
-ignores communication and load imbalance: steps/s per rank ~ 1 / (c rho (a + 2 s)^3), independent
-of the number of ranks, and the useful fraction of each rank's work is n / (rho (a + 2 s)^3).
+thickness s around it, a rank evaluates about rho (a + 2 s)^3 atoms. ML-IAP evaluates the atoms
+within ``layers`` pairs of its own; s is measured by pruning LAMMPS-like ghosts of an 864-atom cube
+as EqGNNMLIAP does (6.7 Å for cu-emt, against 9 Å = layers x cutoff and the 11 Å LAMMPS sends). The
+per-atom cost c comes from the largest ML-IAP 1-rank run (its periodic images are ghosts, evaluated
+alike). Communication and load imbalance are ignored: steps/s per rank ~ 1 / (c rho (a + 2 s)^3),
+independent of the number of ranks; the useful fraction of a rank's work is n / (rho (a + 2 s)^3).
+``--report out.json`` prints the tables of a saved run again.
 """
 
 from __future__ import annotations
@@ -185,13 +187,38 @@ def summarize(n_atoms: int, variant: str, runs: list) -> dict:
     return best
 
 
-def weak_scaling(results: dict, layers: int, cutoff: float):
+def effective_shell(layers: int, cutoff: float, cells: int = 6, skin: float = 2.0) -> float:
+    """Thickness (Å) of the ghost shell ML-IAP evaluates after pruning to ``layers`` pairs: fcc Cu
+    in a cube of ``cells``^3 cells with LAMMPS's ghosts (images up to layers x cutoff + skin),
+    pruned as EqGNNMLIAP prunes, solved from kept atoms = rho (a + 2 s)^3."""
+    import numpy as np
+    import torch
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.neighborlist import neighbor_list
+
+    from ase_eqgnn.lammps.model import prune_to_hops
+
+    atoms = bulk("Cu", "fcc", a=A_CU, cubic=True).repeat((cells,) * 3)
+    side, margin = atoms.cell[0, 0], layers * cutoff + skin
+    images = [atoms.positions + np.array(s) * side for s in np.ndindex(3, 3, 3)]
+    everything = np.vstack([p - side for p in images])  # shifts -1, 0, 1 in each direction
+    inside = np.all((everything > -margin) & (everything < side + margin), axis=1)
+    own = np.all((everything >= 0) & (everything < side), axis=1)
+    positions = np.vstack([everything[own], everything[inside & ~own]])
+    i, j = neighbor_list("ij", Atoms(positions=positions, pbc=False), cutoff)
+    nodes, _, _, _ = prune_to_hops(torch.tensor(np.stack([i, j])), len(positions),
+                                   torch.arange(int(own.sum())), layers)
+    return ((nodes.numel() / DENSITY) ** (1 / 3) - side) / 2
+
+
+def weak_scaling(results: dict, shell: float):
     """Per-rank useful fraction and steps/s for n atoms per rank (see the module docstring)."""
-    shell = layers * cutoff
     base = [(n, r["mliap-1r"]) for n, r in results.items() if "seconds" in r.get("mliap-1r", {})]
     if not base:
         return []
-    n, r = max(base)
+    n, r = max(base, key=lambda item: int(item[0]))
+    n = int(n)
     box = (n / DENSITY) ** (1 / 3)
     cost = r["seconds"] / r["steps"] / (DENSITY * (box + 2 * shell) ** 3)  # s per evaluated atom
     rows = []
@@ -203,6 +230,35 @@ def weak_scaling(results: dict, layers: int, cutoff: float):
                      "steps_per_s": 1.0 / (cost * evaluated),
                      "atom_steps_per_s_per_rank": per_rank / (cost * evaluated)})
     return rows
+
+
+def report(results: dict, model: str, dtype: str, repeats: int, shell: float) -> list:
+    """Print the tables; returns the weak-scaling rows."""
+    print(f"\n{model} ({dtype}), one thread per LAMMPS rank, best of {repeats}; speed "
+          "relative to ase-1t and ase-2t of the same size in this run")
+    print(f"{'atoms':>6} {'variant':<12} {'steps/s':>8} {'atom-steps/s':>12} {'vs ase-1t':>9} "
+          f"{'vs ase-2t':>9} {'ghosts/local':>12} {'evaluated(r0)':>13}")
+    for n_atoms, row in results.items():
+        for variant, r in row.items():
+            if "error" in r:
+                continue
+            rel = [f"{r['steps_per_s'] / row[b]['steps_per_s']:9.2f}" if "steps_per_s" in row.get(b, {})
+                   else f"{'-':>9}" for b in ("ase-1t", "ase-2t")]
+            ghosts = f"{r['ghost_per_local']:12.2f}" if "ghost_per_local" in r else f"{'-':>12}"
+            evaluated = f"{r['rank0_evaluated']:>13}" if "rank0_evaluated" in r else f"{'-':>13}"
+            print(f"{n_atoms:>6} {variant:<12} {r['steps_per_s']:8.3f} {r['atom_steps_per_s']:12.0f} "
+                  f"{rel[0]} {rel[1]} {ghosts} {evaluated}")
+    scaling = weak_scaling(results, shell)
+    if scaling:
+        print(f"\nweak-scaling estimate for ML-IAP (evaluated shell {shell:.1f} Å, per-atom cost from "
+              "the largest 1-rank run; no communication cost):")
+        print(f"{'atoms/rank':>10} {'evaluated/rank':>14} {'useful':>7} {'steps/s':>8} "
+              f"{'atom-steps/s/rank':>17}")
+        for s in scaling:
+            print(f"{s['atoms_per_rank']:>10} {s['evaluated_per_rank']:>14} "
+                  f"{s['useful_fraction']:7.2f} {s['steps_per_s']:8.3f} "
+                  f"{s['atom_steps_per_s_per_rank']:17.0f}")
+    return scaling
 
 
 def main(argv=None) -> int:
@@ -217,12 +273,22 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="cu-emt")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--report", metavar="JSON",
+                   help="print the tables of a results file written by --json, measuring nothing")
     p.add_argument("--worker", nargs=3, type=int, metavar=("ATOMS", "STEPS", "THREADS"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         n, steps, threads = args.worker
         print(json.dumps(ase_worker(n, steps, threads, args.model, args.dtype)))
+        return 0
+    from ase_eqgnn.lammps.model import load_potential
+
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        potential, _ = load_potential(saved["model"])
+        shell = effective_shell(int(potential.config["hparams"]["layers"]), float(potential.cutoff))
+        report(saved["results"], saved["model"], saved["dtype"], saved.get("repeats", 1), shell)
         return 0
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -231,9 +297,6 @@ def main(argv=None) -> int:
     steps = args.steps * len(args.sizes) if len(args.steps) == 1 else args.steps
     if len(steps) != len(args.sizes):
         raise SystemExit("error: give one --steps value, or one per size")
-
-    from ase_eqgnn.lammps.model import load_potential
-
     potential, _ = load_potential(args.model)
     layers, cutoff = int(potential.config["hparams"]["layers"]), float(potential.cutoff)
     results = {}
@@ -252,34 +315,12 @@ def main(argv=None) -> int:
                     f"{r['steps'] / r['seconds']:8.3f} steps/s" if "error" not in r
                     else "failed: " + r["error"]), flush=True)
         results[n_atoms] = {variant: summarize(n_atoms, variant, rs) for variant, rs in runs.items()}
-    print(f"\n{args.model} ({args.dtype}), one thread per LAMMPS rank, best of {args.repeats}; speed "
-          "relative to ase-1t and ase-2t of the same size in this run")
-    print(f"{'atoms':>6} {'variant':<12} {'steps/s':>8} {'atom-steps/s':>12} {'vs ase-1t':>9} "
-          f"{'vs ase-2t':>9} {'ghosts/local':>12} {'evaluated(r0)':>13}")
-    for n_atoms, row in results.items():
-        for variant, r in row.items():
-            if "error" in r:
-                continue
-            rel = [f"{r['steps_per_s'] / row[b]['steps_per_s']:9.2f}" if "steps_per_s" in row.get(b, {})
-                   else f"{'-':>9}" for b in ("ase-1t", "ase-2t")]
-            ghosts = f"{r['ghost_per_local']:12.2f}" if "ghost_per_local" in r else f"{'-':>12}"
-            evaluated = f"{r['rank0_evaluated']:>13}" if "rank0_evaluated" in r else f"{'-':>13}"
-            print(f"{n_atoms:>6} {variant:<12} {r['steps_per_s']:8.3f} {r['atom_steps_per_s']:12.0f} "
-                  f"{rel[0]} {rel[1]} {ghosts} {evaluated}")
-    scaling = weak_scaling(results, layers, cutoff)
-    if scaling:
-        print(f"\nweak-scaling estimate for ML-IAP (shell {layers} x {cutoff:g} Å, per-atom cost from "
-              "the largest 1-rank run; no communication cost):")
-        print(f"{'atoms/rank':>10} {'evaluated/rank':>14} {'useful':>7} {'steps/s':>8} "
-              f"{'atom-steps/s/rank':>17}")
-        for s in scaling:
-            print(f"{s['atoms_per_rank']:>10} {s['evaluated_per_rank']:>14} "
-                  f"{s['useful_fraction']:7.2f} {s['steps_per_s']:8.3f} "
-                  f"{s['atom_steps_per_s_per_rank']:17.0f}")
+    shell = effective_shell(layers, cutoff)
+    scaling = report(results, args.model, args.dtype, args.repeats, shell)
     if args.json:
         out = {"started": started, "model": args.model, "dtype": args.dtype, "repeats": args.repeats,
                "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
-               "results": results, "weak_scaling_mliap": scaling}
+               "results": results, "mliap_effective_shell_A": shell, "weak_scaling_mliap": scaling}
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
