@@ -39,6 +39,8 @@ torch.Size([5, 16])
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
 from typing import List, Tuple
@@ -68,6 +70,20 @@ def symmetric_power_basis(irreps: o3.Irreps, order: int, ir_out: o3.Irrep) -> to
     ``D_L(g) U_η(x, ..., x) = U_η(D(g) x, ..., D(g) x)`` for every g in O(3), and
     ``Σ U_η U_η' = (2L+1) δ_ηη'``. Returns shape [0, 2L+1, d, ...] when no such map exists.
     """
+    # Cached: every block of a network asks for the same bases, and the largest allowed one
+    # (0e+1o+2e+3o to the 4th power) takes seconds to build. A constant, computed for real on the
+    # CPU even while the model-file check builds the network with its allocations on the meta
+    # device (a torch-function mode), so that check sees this family's shapes too.
+    with _DISABLE_TORCH_FUNCTION():
+        return _symmetric_power_basis(str(o3.Irreps(irreps)), int(order),
+                                      str(o3.Irrep(ir_out))).clone()
+
+
+_DISABLE_TORCH_FUNCTION = getattr(torch._C, "DisableTorchFunction", contextlib.nullcontext)
+
+
+@functools.lru_cache(maxsize=64)
+def _symmetric_power_basis(irreps: str, order: int, ir_out: str) -> torch.Tensor:
     irreps, ir_out = o3.Irreps(irreps), o3.Irrep(ir_out)
     d = irreps.dim
     blocks = _blocks(irreps)
@@ -104,6 +120,58 @@ def symmetric_power_basis(irreps: o3.Irreps, order: int, ir_out: o3.Irrep) -> to
     return (torch.stack(basis) * math.sqrt(ir_out.dim)).reshape(shape)
 
 
+def _contraction_constants(irreps_channel: o3.Irreps, irreps_out: List[o3.Irrep], correlation: int):
+    """SymmetricContraction's constants: per output irrep its (order, paths) pairs, the monomial
+    tree {"first": [m1], "parent_n": [mn], "last_n": [mn]} and the basis [monomials, columns]."""
+    d = irreps_channel.dim
+    # Monomials: each unordered product A_a1 ... A_an (a1 <= ... <= an) once, n <= ν.
+    monomials = [list(itertools.combinations_with_replacement(range(d), n))
+                 for n in range(1, correlation + 1)]
+    rows = [0]
+    for tuples in monomials:
+        rows.append(rows[-1] + len(tuples))
+    # One matrix [monomials, columns]: column (L, n, η, M) holds U^{(n,L)}_{η,M} on the degree-n
+    # monomials, each times its number of orderings (U is symmetric in its slots).
+    columns: List[torch.Tensor] = [torch.zeros(rows[-1], 0, dtype=torch.float64)]
+    outputs: List[List[Tuple[int, int]]] = []
+    for ir in irreps_out:
+        orders = []
+        for order in range(1, correlation + 1):
+            u = symmetric_power_basis(irreps_channel, order, ir)
+            if len(u) == 0:
+                continue
+            tuples = monomials[order - 1]
+            index = torch.tensor(tuples).T  # [order, monomials]
+            sym = u[(slice(None), slice(None)) + tuple(index)]  # [paths, 2L+1, monomials]
+            counts = torch.tensor([math.factorial(order) / math.prod(
+                math.factorial(t.count(a)) for a in set(t)) for t in tuples], dtype=torch.float64)
+            block = torch.zeros(rows[-1], len(u) * ir.dim, dtype=torch.float64)
+            block[rows[order - 1]:rows[order]] = (sym * counts).flatten(0, 1).T
+            columns.append(block)
+            orders.append((order, len(u)))
+        if not orders:
+            raise ValueError(f"output irrep {ir} cannot be formed from {irreps_channel} "
+                             f"with correlation {correlation}")
+        outputs.append(orders)
+    basis = torch.cat(columns, dim=1)
+    # Most monomials meet no path (parity and triangle rules: for l <= 3 -> scalars, 94 of 968):
+    # keep those with a coefficient, and the lower-degree ones they are built from, each
+    # monomial being (its first n-1 factors' monomial) x A_an.
+    used = basis.abs().amax(dim=1) > 0
+    kept: List[List[Tuple[int, ...]]] = [[] for _ in monomials]
+    needed: set = set()
+    for n in range(correlation, 0, -1):
+        kept[n - 1] = [t for i, t in enumerate(monomials[n - 1]) if used[rows[n - 1] + i] or t in needed]
+        needed = {t[:-1] for t in kept[n - 1]}
+    tree = {"first": torch.tensor([t[0] for t in kept[0]], dtype=torch.long)}
+    for n in range(2, correlation + 1):
+        position = {t: i for i, t in enumerate(kept[n - 2])}
+        tree[f"parent_{n}"] = torch.tensor([position[t[:-1]] for t in kept[n - 1]], dtype=torch.long)
+        tree[f"last_{n}"] = torch.tensor([t[-1] for t in kept[n - 1]], dtype=torch.long)
+    select = [rows[n] + monomials[n].index(t) for n in range(correlation) for t in kept[n]]
+    return outputs, tree, basis[select].contiguous()
+
+
 class SymmetricContraction(nn.Module):
     """B_i = Σ_{n ≤ ν} W^{(n)}_{z_i} · U^{(n)} · A_i^{⊗n}, channel-wise (see the module docstring).
 
@@ -133,65 +201,28 @@ class SymmetricContraction(nn.Module):
         self.correlation = int(correlation)
         self.n_species = int(n_species)
         self.irreps_channel = o3.Irreps([(1, ir) for _, ir in self.irreps_in])
-        d = self.irreps_channel.dim
         # plain ints for forward (torch.compile cannot guard on e3nn's Irreps)
         self._in_blocks = [(sl.start, sl.stop, ir.dim) for sl, (_, ir)
                            in zip(self.irreps_in.slices(), self.irreps_in)]
-        # Monomials: each unordered product A_a1 ... A_an (a1 <= ... <= an) once, n <= ν.
-        monomials = [list(itertools.combinations_with_replacement(range(d), n))
-                     for n in range(1, self.correlation + 1)]
-        rows = [0]
-        for tuples in monomials:
-            rows.append(rows[-1] + len(tuples))
-        # One matrix [monomials, columns]: column (L, n, η, M) holds U^{(n,L)}_{η,M} on the degree-n
-        # monomials, each times its number of orderings (U is symmetric in its slots).
-        columns: List[torch.Tensor] = []
+        with _DISABLE_TORCH_FUNCTION():  # constants: real CPU tensors (see symmetric_power_basis)
+            outputs, monomial_tree, basis = _contraction_constants(
+                self.irreps_channel, [ir for _, ir in self.irreps_out], self.correlation)
         self.weights = nn.ParameterDict()
         self._outputs: List[Tuple[List[str], int, int]] = []  # per output irrep: (keys, paths, 2L+1)
-        for j, (_, ir) in enumerate(self.irreps_out):
-            keys, paths = [], 0
-            for order in range(1, self.correlation + 1):
-                u = symmetric_power_basis(self.irreps_channel, order, ir)
-                if len(u) == 0:
-                    continue
-                tuples = monomials[order - 1]
-                index = torch.tensor(tuples).T  # [order, monomials]
-                sym = u[(slice(None), slice(None)) + tuple(index)]  # [paths, 2L+1, monomials]
-                counts = torch.tensor([math.factorial(order) / math.prod(
-                    math.factorial(t.count(a)) for a in set(t)) for t in tuples], dtype=torch.float64)
-                block = torch.zeros(rows[-1], len(u) * ir.dim, dtype=torch.float64)
-                block[rows[order - 1]:rows[order]] = (sym * counts).flatten(0, 1).T
-                columns.append(block)
+        for j, ((_, ir), orders) in enumerate(zip(self.irreps_out, outputs)):
+            keys = []
+            for order, paths in orders:
                 key = f"order{order}_out{j}"
                 self.weights[key] = nn.Parameter(
-                    torch.randn(self.n_species, len(u), self.channels) / math.sqrt(len(u)))
+                    torch.randn(self.n_species, paths, self.channels) / math.sqrt(paths))
                 keys.append(key)
-                paths += len(u)
-            if not keys:
-                raise ValueError(f"output irrep {ir} cannot be formed from {self.irreps_channel} "
-                                 f"with correlation {self.correlation}")
-            self._outputs.append((keys, paths, ir.dim))
-        basis = torch.cat(columns, dim=1)
-        # Most monomials meet no path (parity and triangle rules: for l <= 3 -> scalars, 94 of 968):
-        # keep those with a coefficient, and the lower-degree ones they are built from, each
-        # monomial being (its first n-1 factors' monomial) x A_an.
-        used = basis.abs().amax(dim=1) > 0
-        kept: List[List[Tuple[int, ...]]] = [[] for _ in monomials]
-        needed: set = set()
-        for n in range(self.correlation, 0, -1):
-            kept[n - 1] = [t for i, t in enumerate(monomials[n - 1]) if used[rows[n - 1] + i] or t in needed]
-            needed = {t[:-1] for t in kept[n - 1]}
-        self.register_buffer("first", torch.tensor([t[0] for t in kept[0]]), persistent=False)
-        for n in range(2, self.correlation + 1):
-            position = {t: i for i, t in enumerate(kept[n - 2])}
-            self.register_buffer(f"parent_{n}", torch.tensor([position[t[:-1]] for t in kept[n - 1]]),
-                                 persistent=False)
-            self.register_buffer(f"last_{n}", torch.tensor([t[-1] for t in kept[n - 1]]), persistent=False)
-        select = [rows[n] + monomials[n].index(t) for n in range(self.correlation) for t in kept[n]]
+            self._outputs.append((keys, sum(paths for _, paths in orders), ir.dim))
+        for name, index in monomial_tree.items():
+            self.register_buffer(name, index, persistent=False)
         # The exact float64 constants as int64 bits: module.to(dtype) leaves integer buffers alone,
         # so a float32 model moved to float64 keeps full-precision coefficients (equivariance at
         # float64 round-off); forward casts them to the working dtype.
-        self.register_buffer("basis", basis[select].contiguous().view(torch.int64), persistent=False)
+        self.register_buffer("basis", basis.view(torch.int64), persistent=False)
 
     def forward(self, density: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         n, k, z = density.shape[0], self.channels, self.n_species
