@@ -93,6 +93,14 @@ def check_hparams(hparams: Dict[str, Any]) -> None:
             raise ValueError(f"hyper-parameter {name} must be {kind} in [{low}, {high}], got {value!r}")
 
 
+def highest_l(hparams: Dict[str, Any]) -> Optional[int]:
+    """The highest angular order of a (checked) config's network, for the shape probe's e3nn
+    constants: l_max, or tp's sh_l_max where larger; None for families without one."""
+    orders = [hparams.get(key) for key in ("l_max", "sh_l_max")]
+    orders = [l for l in orders if isinstance(l, int) and not isinstance(l, bool)]
+    return max(orders) if orders else None
+
+
 def check_cutoff(cutoff: Any) -> float:
     """The cutoff as a float; ValueError unless it is finite and within :data:`CUTOFF_RANGE_A`."""
     low, high = CUTOFF_RANGE_A
@@ -236,10 +244,7 @@ def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
                            hparams=config["hparams"])
 
     try:
-        # e3nn's constants up to the highest l the network uses (tp's sh_l_max may exceed l_max)
-        angular = [config["hparams"].get(key) for key in ("l_max", "sh_l_max")]
-        angular = [l for l in angular if isinstance(l, int)]
-        expected = probe_state_shapes(build, l_max=max(angular) if angular else None)
+        expected = probe_state_shapes(build, l_max=highest_l(config["hparams"]))
         if expected is not None:
             check_state_shapes(expected, state, where, MAX_PARAMETERS)
         with torch.random.fork_rng(devices=[]):  # random initial weights, overwritten below
@@ -261,4 +266,4 @@ def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
 
 __all__ = ["save_model", "load_model", "load_checkpoint_dict", "check_hparams", "check_cutoff",
            "check_domain", "FORMAT", "FORMAT_VERSION", "UNITS", "HPARAM_BOUNDS", "CUTOFF_RANGE_A",
-           "MAX_PARAMETERS"]
+           "MAX_PARAMETERS", "highest_l"]
