@@ -140,3 +140,44 @@ def test_a_run_resumed_with_a_budget_keeps_the_schedule_it_started_with(cu_file,
     old = tiny_config(cu_file, tmp_path, max_epochs=100, patience=30, scheduler="plateau")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old.to_dict()))
     assert train(tiny_config(cu_file, tmp_path, max_epochs=4)).epochs == 4
+
+
+# ----------------------------------------------------------------- the optional final stage (off by default)
+def test_final_stage_schedule():
+    from ase_eqgnn.train.schedule import EpochScheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = EpochScheduler(opt, "cosine", lr=1.0, max_epochs=None, min_lr=0.0, max_time=100.0,
+                           final_fraction=0.25, final_lr=0.01)
+    lrs, final = [], []
+    for epoch, elapsed in enumerate([37.5, 74.0, 76.0, 100.0]):
+        lrs.append(opt.param_groups[0]["lr"])
+        final.append(sched.final_stage(epoch))
+        opt.step()
+        sched.step(epoch, 0.0, elapsed)
+    # the cosine runs over the first 75 s (half of it at 37.5 s), then the constant final lr
+    assert lrs == pytest.approx([1.0, 0.5, 0.5 * (1 + math.cos(math.pi * 74 / 75)), 0.01])
+    assert final == [False, False, False, True]
+    assert TrainConfig(data="x.npz").final_fraction == 0  # off by default
+    with pytest.raises(ValueError, match="final stage .* needs the cosine schedule"):
+        TrainConfig(data="x.npz", final_fraction=0.2)  # no budget: plateau
+
+
+def test_a_final_stage_raises_the_energy_weight_at_a_low_lr(cu_file, tmp_path):  # noqa: F811
+    lines = []
+    cfg = tiny_config(cu_file, tmp_path, lr=LR, max_time=4.0, final_fraction=0.4, final_lr=2e-4,
+                      final_energy_weight=1000.0)
+    result = train(cfg, log=lines.append)
+    log = rows(tmp_path)
+    start = [int(line.split()[4].rstrip(":")) for line in lines if line.startswith("final stage from epoch")]
+    assert len(start) == 1 and 2 <= start[0] <= len(log)
+    lrs = [r["lr"] for r in log]
+    assert all(lr == pytest.approx(2e-4) for lr in lrs[start[0] - 1:])
+    first = lrs[:start[0] - 1]  # the cosine, annealed before the stage
+    assert first[0] == pytest.approx(LR) and all(a >= b for a, b in zip(first, first[1:]))
+    assert result.best_epoch >= start[0]  # best.pt is the final stage's best
+    assert load_train_state(str(tmp_path / "last.pt"))["final_stage"] is True
+    resumed = Trainer(tiny_config(cu_file, tmp_path, lr=LR, max_time=8.0, final_fraction=0.4,
+                                  final_lr=2e-4, final_energy_weight=1000.0))
+    assert resumed.in_final_stage and resumed.weights.energy == 1000.0
+    resumed.close()

@@ -130,6 +130,12 @@ class TrainConfig:
     energy_weight: float = _f(1.0, "weight of the per-atom energy term (eV/atom)^2")
     forces_weight: float = _f(100.0, "weight of the force term (eV/Å)^2 per component")
     stress_weight: float = _f(1.0, "weight of the stress term (eV/Å^3)^2, frames with stress only")
+    final_fraction: float = _f(0.0, "a final stage (MACE's SWA-like stage two) over this last "
+                                    "fraction of the run (of max_time, else max_epochs): the cosine "
+                                    "ends before it, then final_lr and final_energy_weight; best.pt "
+                                    "is the stage's best; 0 = off. Needs the cosine schedule")
+    final_energy_weight: float = _f(1000.0, "final stage: the energy weight (forces keep theirs)")
+    final_lr: float = _f(1e-4, "final stage: its constant learning rate")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -163,16 +169,22 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
         if not CUTOFF_RANGE[0] <= self.cutoff <= CUTOFF_RANGE[1] and not math.isnan(self.cutoff):
             raise ValueError(f"cutoff must be in [{CUTOFF_RANGE[0]}, {CUTOFF_RANGE[1]}] Å, got {self.cutoff}")
-        for name in ("lr", "cutoff", "huber_delta"):
+        for name in ("lr", "cutoff", "huber_delta", "final_lr"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {v}")
-        for name in ("weight_decay", "min_lr", "energy_weight", "forces_weight", "stress_weight"):
+        for name in ("weight_decay", "min_lr", "energy_weight", "forces_weight", "stress_weight",
+                     "final_energy_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         if self.energy_weight == self.forces_weight == self.stress_weight == 0:
             raise ValueError("energy_weight, forces_weight and stress_weight are all 0: nothing to train")
+        if not 0.0 <= self.final_fraction < 1.0:
+            raise ValueError(f"final_fraction must be in [0, 1), got {self.final_fraction}")
+        if self.final_fraction and self.schedule_kind != "cosine":
+            raise ValueError("a final stage (final_fraction > 0) needs the cosine schedule: set "
+                             "max_time (or scheduler: cosine)")
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -7,7 +7,10 @@
   (``T = max_epochs``) and, when a wall-time budget ``t_max`` (``max_time``) is set, the fraction of
   the budget left after warm-up (``t_W``: training seconds when warm-up ended) used so far: a run cut
   by its time budget still ends annealed instead of stopping at a high learning rate. With a budget,
-  ``max_epochs`` may be None: the budget alone sets the pace.
+  ``max_epochs`` may be None: the budget alone sets the pace. With a final stage (``final_fraction``
+  f > 0, MACE's SWA-like stage two) the cosine runs over ``p / (1 - f)`` and the last fraction f of
+  the run keeps the constant learning rate ``final_lr`` (:meth:`EpochScheduler.final_stage` says
+  when; the trainer raises the energy weight there).
 - ``"plateau"``: the same linear warm-up (LambdaLR), then
   :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau` on the validation loss.
 
@@ -32,7 +35,8 @@ class EpochScheduler:
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str, lr: float,
                  max_epochs: Optional[int],
                  warmup_epochs: int = 0, min_lr: float = 1e-6, factor: float = 0.5, patience: int = 5,
-                 max_time: Optional[float] = None):
+                 max_time: Optional[float] = None, final_fraction: float = 0.0,
+                 final_lr: Optional[float] = None):
         if kind not in ("plateau", "cosine"):
             raise ValueError(f"scheduler must be 'plateau' or 'cosine', got {kind!r}")
         if max_epochs is None and kind == "cosine" and not max_time:
@@ -44,6 +48,15 @@ class EpochScheduler:
         self.warmup_epochs = int(warmup_epochs)
         w, t = self.warmup_epochs, None if max_epochs is None else int(max_epochs)
         floor = min(1.0, min_lr / lr)
+        self.final_fraction = float(final_fraction)
+        if self.final_fraction and kind != "cosine":
+            raise ValueError("a final stage (final_fraction > 0) needs the cosine schedule")
+        final = (final_lr if final_lr is not None else min_lr) / lr
+
+        def progress(e: int) -> float:  # of the whole run, before epoch e (after warm-up)
+            return min(1.0, max(0.0 if t is None else (e - w) / max(1, t - w), self.time_progress))
+
+        self.progress = progress
 
         def warm(e: int) -> float:
             return 1.0 if w == 0 or e >= w else (e + 1) / w
@@ -51,8 +64,9 @@ class EpochScheduler:
         def cosine(e: int) -> float:
             if e < w:
                 return (e + 1) / w
-            epochs = 0.0 if t is None else (e - w) / max(1, t - w)
-            p = min(1.0, max(epochs, self.time_progress))
+            if self.final_stage(e):
+                return final
+            p = progress(e) / (1.0 - self.final_fraction)
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
         self.lambda_lr = LambdaLR(optimizer, cosine if kind == "cosine" else warm)
@@ -70,6 +84,11 @@ class EpochScheduler:
             self.lambda_lr.step()
         else:
             self.plateau.step(valid_loss)
+
+    def final_stage(self, epoch: int) -> bool:
+        """Epoch ``epoch`` (0-based, after the warm-up) belongs to the final stage."""
+        return (self.final_fraction > 0 and epoch >= self.warmup_epochs
+                and self.progress(epoch) >= 1.0 - self.final_fraction)
 
     def _time_progress(self, elapsed: float) -> float:
         left = self.max_time - self.warmup_seconds

@@ -151,7 +151,8 @@ class Trainer(EpochTask):
             kind = state_kind(resume["scheduler"])
         self.scheduler = EpochScheduler(self.optimizer, kind, cfg.lr, cfg.epoch_limit,
                                         cfg.warmup_epochs, cfg.min_lr, cfg.lr_factor, cfg.lr_patience,
-                                        max_time=cfg.max_time)
+                                        max_time=cfg.max_time, final_fraction=cfg.final_fraction,
+                                        final_lr=cfg.final_lr)
         self.ema = make_ema(self.model, cfg.ema_decay)
         self.loop = EpochLoop(self.run_dir, self.model, self.optimizer, self.scheduler, self.ema,
                               max_epochs=cfg.epoch_limit, patience=cfg.early_stopping_patience,
@@ -160,6 +161,9 @@ class Trainer(EpochTask):
         self.resumed = resume is not None
         if resume is not None:
             self.loop.load_state_dict(resume)
+        self.in_final_stage = False
+        if resume is not None and resume.get("final_stage"):
+            self._enter_final_stage(resumed=True)
         self.stop_reason = ""
         self.ddp_model = self.model
         if self.dist.enabled:
@@ -233,6 +237,8 @@ class Trainer(EpochTask):
     def train_epoch(self, loop: EpochLoop) -> Tuple[Dict[str, float], bool]:
         """One epoch of optimizer steps: ({"train_loss": mean global loss}, stopped early for time)."""
         cfg = self.cfg
+        if not self.in_final_stage and self.scheduler.final_stage(loop.epoch):
+            self._enter_final_stage()
         batches = EpochBatches(len(self.train_samples), cfg.batch_size, True, cfg.seed,
                                self.dist.rank, self.dist.world_size)
         batches.set_epoch(loop.epoch)
@@ -290,7 +296,19 @@ class Trainer(EpochTask):
         save_model(self.ema.module, self.path("best.pt"), metadata=metadata)
 
     def extra_state(self) -> Dict[str, Any]:
-        return {"model_config": self.model.config}
+        return {"model_config": self.model.config, "final_stage": self.in_final_stage}
+
+    def _enter_final_stage(self, resumed: bool = False) -> None:
+        """The final stage (config final_fraction): the energy weight raised; on entering it the best
+        validation loss is forgotten, since the loss changed meaning (best.pt: the stage's best)."""
+        cfg = self.cfg
+        self.in_final_stage = True
+        self.weights = LossWeights(cfg.final_energy_weight, cfg.forces_weight, cfg.stress_weight,
+                                   cfg.loss, cfg.huber_delta)
+        if not resumed:
+            self.loop.best_loss, self.loop.bad_epochs = math.inf, 0
+            self._say(f"final stage from epoch {self.loop.epoch + 1}: energy weight "
+                      f"{cfg.final_energy_weight:g}, lr {cfg.final_lr:g}")
 
     def log_columns(self, history: List[Dict[str, float]]) -> List[str]:
         has_stress = any(not math.isnan(r.get("stress_mae", math.nan)) for r in history)
