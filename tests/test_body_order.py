@@ -11,14 +11,6 @@ from e3nn import o3
 from ase_eqgnn.models.body_order import SymmetricContraction, symmetric_power_basis
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def wigner_d(irreps, g):
     """D(g) of ``irreps`` (natural parities) in float64, from Y(g x) = D Y(x) on random points.
 

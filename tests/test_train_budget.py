@@ -20,14 +20,6 @@ from test_train import cu_file, tiny_config  # noqa: F401  (the fixture and the 
 LR, MIN_LR = 5e-3, 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def rows(out):
     with open(out / "log.csv") as f:
         return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
