@@ -1,6 +1,6 @@
 """Quick timing of the three model families: energy + forces per call on fcc Cu, 108 atoms.
 
-Sizes are the benchmark sizes of the brief: PaiNN 128 features x 3 layers x 20 radial functions
+Sizes are the benchmark sizes used throughout: PaiNN 128 features x 3 layers x 20 radial functions
 (SchNetPack's), tp l_max 1 x 4 layers x 32 features (NequIP's), EGNN 128 features x 3 layers.
 Cutoff 5 Å (about 4,500 edges), float32, every atom moved before each call (neighbour list rebuilt,
 not timed). Prints the median and minimum wall time per call and the median process CPU time per

@@ -11,7 +11,7 @@ The tools take turns within each repeat (interleaved), so a change in machine lo
         [--device cpu|cuda] [--skip ase,matscipy] [--json out.json]
 
 On ``--device cuda`` ours and vesin-torch run on the GPU (timed up to a device synchronisation) and
-ase, matscipy and vesin on the host's CPU threads, as the GPU bar in shared/GPU.md lists them.
+ase, matscipy and vesin on the host's CPU threads, the comparisons a GPU user would make.
 """
 
 from __future__ import annotations

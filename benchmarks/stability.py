@@ -10,7 +10,7 @@
   stay fcc: every atom keeps 12 neighbours within 3.0 Å on average over the last frames, and the mean
   square displacement from the lattice stays small (no melting, no drift).
 
-The brief's figures are 100 ps for ala2 and 50 ps for Cu; the defaults run that, which takes hours on
+The target lengths are 100 ps for ala2 and 50 ps for Cu; the defaults run that, which takes hours on
 2 CPU cores. ``--ala2-ps`` / ``--cu-ps`` / ``--nve-ps`` shorten it; the report says what was run.
 
     python benchmarks/stability.py [--ala2-ps 100] [--nve-ps 10] [--cu-ps 50] [--json out.json]

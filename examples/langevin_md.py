@@ -9,9 +9,9 @@ import numpy as np
 from ase import units
 from ase.io import Trajectory
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from ase_eqgnn import EqGNNCalculator
+from ase_eqgnn.simulate import thermalize
 from ase_eqgnn.structures import load_structure
 
 
@@ -23,7 +23,7 @@ def main(argv=None):
 
     atoms = load_structure("ala2")
     atoms.calc = EqGNNCalculator.from_pretrained("ala2", device="cpu")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize(atoms, 300, np.random.default_rng(0))
     dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs,
                    rng=np.random.default_rng(1))
     traj = Trajectory(args.out, "w", atoms)

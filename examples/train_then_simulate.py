@@ -17,17 +17,16 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from ase_eqgnn import EqGNNCalculator
-from ase_eqgnn.simulate import run_md
+from ase_eqgnn.simulate import run_md, thermalize
 from ase_eqgnn.train import TrainConfig, train
 
 
 def reference_trajectory(path: Path, frames: int = 60) -> None:
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     atoms.calc = EMT()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=800, rng=np.random.default_rng(0))
+    thermalize(atoms, 800, np.random.default_rng(0))
     dyn = Langevin(atoms, 2 * units.fs, temperature_K=800, friction=0.02, rng=np.random.default_rng(1))
     images = []
     for _ in range(frames):

@@ -53,10 +53,10 @@ def _model(ala2, **kw):
 
 
 # -- maps ---------------------------------------------------------------------------------------
-def test_ala2_map_matches_brief():
+def test_ala2_map_matches_its_specification():
     top = md.load(str(structure_path("ala2"))).topology
     m = cgmaps.ala2_five_bead_map(top)
-    expected = [  # the brief's list; the NME methyl carbon is called "C" in the bundled PDB
+    expected = [  # the specified list; the NME methyl carbon is called "C" in the bundled PDB
         {"ACE:CH3", "ACE:H1", "ACE:H2", "ACE:H3", "ACE:C", "ACE:O"},
         {"ALA:N", "ALA:H"},
         {"ALA:CA", "ALA:HA", "ALA:CB", "ALA:HB1", "ALA:HB2", "ALA:HB3"},

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import bulk
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
+from conftest import maxwell_boltzmann
 
 from ase_eqgnn import EqGNNCalculator
 from ase_eqgnn.cli import lammps as lammps_cli
@@ -135,7 +135,7 @@ def test_minimize_reaches_the_calculator_minimum(tmp_path):
 @pytest.mark.slow
 def test_nve_conserves_energy_like_ase(tmp_path):
     atoms = rattled_cu(3, seed=2)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(5))
+    maxwell_boltzmann(atoms, 600, np.random.default_rng(5))
     write_data(atoms, tmp_path / "system.data", ["Cu"], velocities=True)
     (tmp_path / "in.lmp").write_text(
         "units metal\natom_style atomic\nboundary p p p\nread_data system.data\n"

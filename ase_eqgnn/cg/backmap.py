@@ -29,6 +29,7 @@ import torch
 
 from ..checkpoint import (MAX_PARAMETERS, CheckpointError, FileKind, check_finite,
                           check_state_shapes, probe_state_shapes, read_checkpoint, write_checkpoint)
+from ..data.units import NM_IN_ANGSTROM
 from .maps import CGMap
 from .model import BackmapConfig, BackmapVAE
 
@@ -238,7 +239,7 @@ def read_cg(path: Union[str, Path], top: Optional[Union[str, Path]] = None
     except Exception as exc:
         raise ValueError(f"cannot read CG trajectory {path} with mdtraj "
                          f"(give --top for formats without a topology): {exc}") from None
-    return traj.xyz.astype(np.float64) * 10.0, [a.name for a in traj.topology.atoms]
+    return traj.xyz.astype(np.float64) * NM_IN_ANGSTROM, [a.name for a in traj.topology.atoms]
 
 
 def write_all_atom(path: Union[str, Path], xyz: np.ndarray, topology) -> None:
@@ -249,7 +250,7 @@ def write_all_atom(path: Union[str, Path], xyz: np.ndarray, topology) -> None:
     if path.suffix.lower() not in WRITABLE:
         raise ValueError(f"output extension {path.suffix!r} not supported; use one of {WRITABLE}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    traj = md.Trajectory((np.asarray(xyz) / 10.0).astype(np.float32), topology)
+    traj = md.Trajectory((np.asarray(xyz) / NM_IN_ANGSTROM).astype(np.float32), topology)
     if path.exists():
         path.unlink()  # mdtraj's HDF5 writer refuses to overwrite
     traj.save(str(path))
@@ -362,7 +363,7 @@ class BackMapper:
         """An mdtraj Trajectory of all-atom frames (Å in, nm inside)."""
         import mdtraj as md
 
-        return md.Trajectory((np.asarray(xyz) / 10.0).astype(np.float32), self.topology)
+        return md.Trajectory((np.asarray(xyz) / NM_IN_ANGSTROM).astype(np.float32), self.topology)
 
 
 def evaluate_model(mapper: BackMapper, xyz: np.ndarray, samples: int = 5, seed: int = 0

@@ -16,7 +16,7 @@ A :class:`CGMap` is plain data. For ``n_atoms`` atoms and ``n_beads`` beads it h
 In all cases ``X = W x`` with a fixed row-stochastic weight matrix ``W`` (:meth:`CGMap.weights`).
 Builders: :func:`residue_map` (one bead per residue, com or cog), :func:`ca_map` (alpha carbons),
 :func:`named_atoms_map` (explicit atom groups), :func:`anchor_map` (anchor atoms + bond-graph
-assignment) and :func:`ala2_five_bead_map` (the alanine-dipeptide backbone map of the brief).
+assignment) and :func:`ala2_five_bead_map` (the 5-bead alanine-dipeptide backbone map).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ ALA2_ANCHORS = ("ACE:C", "ALA:N", "ALA:CA", "ALA:C", "NME:N")
 
 def ala2_five_bead_map(topology) -> CGMap:
     """Alanine dipeptide (ACE-ALA-NME) 5-bead backbone map: beads at ACE C, ALA N, ALA CA, ALA C,
-    NME N; the other atoms by :func:`anchor_map`'s bond-graph rule. Result (the brief's list):
+    NME N; the other atoms by :func:`anchor_map`'s bond-graph rule. Result:
     1 = ACE CH3 (+3 H), C, O; 2 = ALA N, H; 3 = CA, HA, CB (+3 H); 4 = ALA C, O;
     5 = NME N, H, C (+3 H)."""
     return anchor_map(topology, ALA2_ANCHORS)

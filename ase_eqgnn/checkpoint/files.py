@@ -31,7 +31,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -116,16 +116,17 @@ def payload_digest(payload: Dict[str, Any]) -> str:
 
 
 # -- writing -----------------------------------------------------------------------------------------
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save(obj, path)`` through a temporary file, fsync and ``os.replace``."""
+def write_atomically(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``, so
+    that ``path`` is either its old self or the complete new file, never a partial one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary readable file
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary readable files
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -143,6 +144,11 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save(obj, path)`` through :func:`write_atomically`."""
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def write_checkpoint(payload: Dict[str, Any], path: PathLike) -> None:
@@ -291,5 +297,5 @@ def check_state_shapes(expected: Dict[str, Tuple[torch.Size, torch.dtype]],
 
 
 __all__ = ["CheckpointError", "CheckpointWarning", "FileKind", "DIGEST_KEY", "payload_digest",
-           "atomic_torch_save", "write_checkpoint", "read_checkpoint", "check_finite",
+           "write_atomically", "atomic_torch_save", "write_checkpoint", "read_checkpoint", "check_finite",
            "probe_state_shapes", "check_state_shapes"]

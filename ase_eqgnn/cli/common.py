@@ -45,9 +45,19 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to an option's help unless the help already states its default
+    in words (``--threads``: "torch's choice"), which would otherwise be followed by "None"."""
+
+    def _get_help_string(self, action):
+        if "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def command_parser(prog: str, description: str, defaults_in_help: bool = False) -> CommandParser:
     """A :class:`CommandParser` with ``--threads`` (every command owns its process)."""
-    formatter = (argparse.ArgumentDefaultsHelpFormatter if defaults_in_help
+    formatter = (DefaultsHelpFormatter if defaults_in_help
                  else argparse.RawDescriptionHelpFormatter)
     parser = CommandParser(prog=prog, description=description, formatter_class=formatter)
     parser.add_argument("--threads", type=count(1, MAX_THREADS), default=None, metavar="N",

@@ -1,31 +1,30 @@
 """Named unit conversions. Inside ase_eqgnn everything is eV, Å, fs.
 
-Energies are derived from the exact 2019 SI constants, so they agree with ``ase.units`` (CODATA 2014
-there) to ~1e-8 relative.
+Every size comes from :mod:`ase.units` (ASE's CODATA set), so that our readers, ASE's drivers and
+the user's own scripts agree to the last bit; the names say which way each factor goes.
 """
 
 from __future__ import annotations
 
-AVOGADRO: float = 6.02214076e23  # 1/mol (exact)
-ELEMENTARY_CHARGE: float = 1.602176634e-19  # C (exact); 1 eV = this many J
+from ase import units
 
-#: 1 kJ/mol in eV (= 1/96.485332...)
-KJ_PER_MOL_IN_EV: float = 1.0e3 / (AVOGADRO * ELEMENTARY_CHARGE)
+#: 1 kJ/mol in eV
+KJ_PER_MOL_IN_EV: float = units.kJ / units.mol
 #: 1 kcal/mol in eV (thermochemical calorie, 4.184 J)
-KCAL_PER_MOL_IN_EV: float = 4.184 * KJ_PER_MOL_IN_EV
-#: 1 hartree in eV (CODATA 2018)
-HARTREE_IN_EV: float = 27.211386245988
+KCAL_PER_MOL_IN_EV: float = units.kcal / units.mol
+#: 1 hartree in eV
+HARTREE_IN_EV: float = units.Hartree
 #: 1 Rydberg in eV
-RYDBERG_IN_EV: float = HARTREE_IN_EV / 2.0
+RYDBERG_IN_EV: float = units.Rydberg
 #: 1 meV in eV
-MEV_IN_EV: float = 1.0e-3
+MEV_IN_EV: float = 1.0e-3 * units.eV
 
 #: 1 nm in Å
-NM_IN_ANGSTROM: float = 10.0
-#: 1 bohr in Å (CODATA 2018)
-BOHR_IN_ANGSTROM: float = 0.529177210903
+NM_IN_ANGSTROM: float = units.nm / units.Angstrom
+#: 1 bohr in Å
+BOHR_IN_ANGSTROM: float = units.Bohr
 #: 1 pm in Å
-PM_IN_ANGSTROM: float = 0.01
+PM_IN_ANGSTROM: float = 1.0e-3 * units.nm
 
 ENERGY_UNITS: dict[str, float] = {
     "eV": 1.0,

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from ..checkpoint.files import write_atomically
 from .mliap import EqGNNMLIAP
 from .model import ModelLike
 
@@ -87,27 +87,6 @@ def default_output_name(model: ModelLike) -> Path:
     return Path(f"{name}.mliap.pkl")
 
 
-def write_atomically(data: bytes, path: Path) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    directory = path.resolve().parent
-    if not directory.is_dir():
-        raise ValueError(f"directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def export_mliap(model: ModelLike, path=None, dtype: str = "float64",
                  skin: float = DEFAULT_SKIN) -> Export:
     """Write ``model`` (checkpoint path, bundled name or Potential) as an ML-IAP unified file.
@@ -119,7 +98,10 @@ def export_mliap(model: ModelLike, path=None, dtype: str = "float64",
     """
     path = check_output_name(default_output_name(model) if path is None else path)
     unified = EqGNNMLIAP(model, dtype=dtype, device="cpu")
-    write_atomically(pickle.dumps(unified, protocol=PICKLE_PROTOCOL), path)
+    if not path.resolve().parent.is_dir():
+        raise ValueError(f"directory {path.resolve().parent} does not exist")
+    data = pickle.dumps(unified, protocol=PICKLE_PROTOCOL)
+    write_atomically(path, lambda f: f.write(data))
     return Export(path=path, unified=unified, input_lines=input_lines(unified, path, skin))
 
 
