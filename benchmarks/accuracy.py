@@ -22,6 +22,19 @@ With ``--own-budget S > 0`` every model is also trained on the project's own dat
 its force MAE reported: alanine dipeptide (``training/data/ala2_train`` -> ``ala2_test``) and EMT Cu
 (``training/data/cu_emt.extxyz``, a seeded 110 / 10 / 30 frame split).
 
+``--defaults-vs-mace ala2,aspirin`` (issue 20's judged mode) trains what a user gets from
+``eqgnn-train --data TRAIN --max-time BUDGET`` with no other flag (plus ``--valid-data``, ``--out``
+and ``--no-progress``, which do not change the recipe; ``--ours-config`` adds a YAML recipe) and
+MACE (64x0e+64x1o, L = 1, correlation 3, otherwise mace_run_train's own defaults; ``MACE_DEFAULTS_VS``)
+for the same wall time, each with one thread and pinned by ``taskset`` to its own core (``--cores
+0,1``: side by side; one core: in turn). Data: ala2, 500 frames of OpenMM at 300 K
+(``training/data/ala2_bench_train``, 50 validation frames from another run) tested on independent
+runs at 300 K and at 600 K; MD17 aspirin, 950 / 50 / 1000. Both best models are tested in float64;
+the table gives MACE / ours ratios (> 1: ours is better)::
+
+    python benchmarks/accuracy.py --defaults-vs-mace ala2,aspirin --budget 1800 \
+        --mace-python /work/anchors/mace/bin/python --json bench_out/vs_mace.json
+
 Published reference points (revised MD17, full training on GPUs): MACE aspirin force MAE 6.6 meV/Å,
 NequIP 8.2, PaiNN 16.1. The shared data is the *original* MD17, whose noise floor is higher: compare
 the rows of one table, not with the published numbers.
@@ -34,9 +47,7 @@ import json
 import os
 import pathlib
 import platform
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -44,15 +55,20 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ase_eqgnn.data import read_dataset, split_dataset  # noqa: E402
 from ase_eqgnn.train import Trainer, load_config  # noqa: E402
+from ase_eqgnn.train.evaluate import evaluate_model  # noqa: E402
 from ase_eqgnn.train.distributed import resolve_device  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from mace_train import one_thread_env, pinned, train_mace  # noqa: E402
 
 MODELS = ("painn", "tp", "egnn")
+METRICS = ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse")
 ASPIRIN_ATOMS = 21
 
 
@@ -84,95 +100,119 @@ def run_ours(config_path: pathlib.Path, out: pathlib.Path, budget: float, device
 
 
 # ----------------------------------------------------------------------------------------------- MACE
-_MACE_EVAL = r"""
-import json, sys, numpy as np, torch, ase.io
-from mace.calculators import MACECalculator
-model, test, device = sys.argv[1], sys.argv[2], sys.argv[3]
-calc = MACECalculator(model_paths=model, device=device, default_dtype="float64")
-e, f = [], []
-for atoms in ase.io.read(test, ":"):
-    ref_e, ref_f = atoms.info["REF_energy"], atoms.arrays["REF_forces"].copy()
-    atoms.calc = calc
-    e.append((atoms.get_potential_energy() - ref_e) / len(atoms))
-    f.append(atoms.get_forces() - ref_f)
-e, f = np.array(e), np.concatenate(f)
-print(json.dumps({"energy_mae": 1e3 * float(np.abs(e).mean()), "energy_rmse": 1e3 * float(np.sqrt((e**2).mean())),
-                  "forces_mae": 1e3 * float(np.abs(f).mean()), "forces_rmse": 1e3 * float(np.sqrt((f**2).mean()))}))
-"""
-
-
-def _write_extxyz(npz: pathlib.Path, path: pathlib.Path) -> None:
-    import ase.io
-
-    atoms_list = []
-    for frame in read_dataset(npz):
-        atoms = frame.to_atoms()
-        atoms.calc = None
-        atoms.info = {"REF_energy": frame.energy}
-        atoms.arrays["REF_forces"] = frame.forces
-        atoms_list.append(atoms)
-    ase.io.write(path, atoms_list, format="extxyz")
-
-
-def _run_with_budget(cmd: List[str], budget: Optional[float], log: pathlib.Path, env: Dict) -> int:
-    with open(log, "a") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            return proc.wait(timeout=budget)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            return -1
+# The settings of the README's earlier MD17 table (EMA, float32, batch 5); --suite defaults-vs-mace
+# uses MACE's own defaults instead (see MACE_DEFAULTS_VS).
+MACE_TUNED = ["--E0s", "average", "--model", "MACE", "--num_channels", "64", "--max_L", "1",
+              "--correlation", "3", "--num_interactions", "2", "--r_max", "5.0",
+              "--batch_size", "5", "--valid_batch_size", "10", "--lr", "0.01", "--ema", "--ema_decay", "0.99",
+              "--energy_weight", "1.0", "--forces_weight", "100.0", "--error_table", "PerAtomMAE",
+              "--default_dtype", "float32", "--eval_interval", "1"]
 
 
 def run_mace(python: str, md17: pathlib.Path, out: pathlib.Path, budget: float, device: str,
              threads: int) -> Dict:
     """MACE trained by its own CLI for ``budget`` seconds on the same split; test metrics of its best checkpoint."""
+    dev = "cuda" if resolve_device(device).type == "cuda" else "cpu"
+    r = train_mace(python, md17 / "train.npz", md17 / "val.npz", {"test": md17 / "test.npz"}, out, budget,
+                   MACE_TUNED, threads=threads, device=dev)
+    if "tests" in r:
+        r["test"] = r.pop("tests")["test"]
+        r["device"] = device_name(resolve_device(device))
+    return r
+
+
+# ------------------------------------------------------------------------- eqgnn-train defaults vs MACE
+# MACE's settings of issue 20: 64x0e+64x1o (L = 1), correlation 3, everything else its own defaults
+# (2 interactions, max_ell 3, r_max 5, batch 10, lr 0.01, amsgrad Adam, ReduceLROnPlateau, no EMA,
+# no SWA stage, float64). E0s "average" because MACE requires some E0s.
+MACE_DEFAULTS_VS = ["--model", "MACE", "--num_channels", "64", "--max_L", "1", "--correlation", "3",
+                    "--E0s", "average"]
+SMALL_DATA = {
+    "ala2": {"train": "training/data/ala2_bench_train.npz", "valid": "training/data/ala2_bench_valid.npz",
+             "tests": {"300 K": "training/data/ala2_bench_test300.npz",
+                       "600 K": "training/data/ala2_bench_test600.npz"}},
+    "aspirin": {"train": "{md17}/train.npz", "valid": "{md17}/val.npz", "tests": {"test": "{md17}/test.npz"}},
+}
+
+
+def train_defaults(files: Dict, out: pathlib.Path, budget: float, core: Optional[int],
+                   config: Optional[str]) -> Dict:
+    """``eqgnn-train --data TRAIN --valid-data VALID --max-time BUDGET`` (plus ``config``), one thread."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    files = {}
-    for split in ("train", "val", "test"):
-        files[split] = out / f"{split}.xyz"
-        _write_extxyz(md17 / f"{split}.npz", files[split])
-    dev = "cuda" if resolve_device(device).type == "cuda" else "cpu"
-    base = [python, "-m", "mace.cli.run_train", "--name", "mace_aspirin", "--seed", "0",
-            "--train_file", str(files["train"]), "--valid_file", str(files["val"]),
-            "--test_file", str(files["test"]), "--energy_key", "REF_energy", "--forces_key", "REF_forces",
-            "--E0s", "average", "--model", "MACE", "--num_channels", "64", "--max_L", "1",
-            "--correlation", "3", "--num_interactions", "2", "--r_max", "5.0",
-            "--batch_size", "5", "--valid_batch_size", "10", "--lr", "0.01", "--ema", "--ema_decay", "0.99",
-            "--energy_weight", "1.0", "--forces_weight", "100.0", "--error_table", "PerAtomMAE",
-            "--default_dtype", "float32", "--device", dev, "--eval_interval", "1",
-            "--model_dir", str(out), "--checkpoints_dir", str(out / "checkpoints"),
-            "--log_dir", str(out / "logs"), "--results_dir", str(out / "results")]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log = out / "mace_stdout.log"
+    cmd = [sys.executable, "-m", "ase_eqgnn.cli.train"] + ([config] if config else []) + [
+        "--data", files["train"], "--valid-data", files["valid"], "--max-time", str(budget),
+        "--out", str(out / "run"), "--no-progress"]
     t0 = time.perf_counter()
-    rc = _run_with_budget(base + ["--max_num_epochs", "100000"], budget, log, env)
-    train_wall = time.perf_counter() - t0
-    ckpts = sorted(((int(m.group(1)), p) for p in (out / "checkpoints").glob("*.pt")
-                    if (m := re.search(r"epoch-(\d+)", p.name))), key=lambda t: t[0])
-    if not ckpts:
-        return {"error": f"MACE wrote no checkpoint within {budget:.0f} s (rc {rc}); see {log}",
-                "train_wall_s": train_wall}
-    epoch = ckpts[-1][0]
-    # Restart only to turn the best checkpoint into a model file (no further epochs).
-    _run_with_budget(base + ["--max_num_epochs", str(epoch), "--restart_latest"], 1800, log, env)
-    models = [p for p in out.glob("mace_aspirin*.model") if "compiled" not in p.name] or list(out.glob("*.model"))
-    if not models:
-        return {"error": f"MACE did not write a model after the restart; see {log}", "train_wall_s": train_wall}
-    done = subprocess.run([python, "-c", _MACE_EVAL, str(models[0]), str(files["test"]), dev],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        return {"error": f"MACE evaluation failed: {done.stderr[-500:]}", "train_wall_s": train_wall}
-    return {"test": json.loads(done.stdout.strip().splitlines()[-1]), "epochs": epoch + 1,
-            "train_wall_s": train_wall, "total_wall_s": time.perf_counter() - t0,
-            "device": device_name(resolve_device(device))}
+    with open(out / "stdout.log", "w") as log:
+        rc = subprocess.run(pinned(cmd, core), stdout=log, stderr=subprocess.STDOUT, env=one_thread_env()).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0 or not (out / "run" / "best.pt").exists():
+        return {"error": f"eqgnn-train failed (rc {rc}); see {out / 'stdout.log'}", "train_wall_s": wall}
+    info = json.loads((out / "run" / "metrics.json").read_text())
+    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    tests = {label: evaluate_model(out / "run" / "best.pt", path, dtype="float64", batch_size=32)
+             for label, path in files["tests"].items()}
+    return {"tests": {k: {m: float(v[m]) for m in METRICS} for k, v in tests.items()},
+            "epochs": info["epochs"], "best_epoch": info["best_epoch"], "train_wall_s": info["wall_time_s"],
+            "total_wall_s": wall, "model": cfg["model"], "hparams": cfg["hparams"], "command": " ".join(cmd[1:])}
+
+
+def defaults_vs_mace(args, datasets: List[str]) -> Dict:
+    """Each dataset: our defaults and MACE, side by side on two cores (or one after the other)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = [int(c) for c in args.cores.split(",")] if args.cores else [None]
+    results: Dict = {"budget_s": args.budget, "cores": args.cores, "torch": torch.__version__,
+                     "load_before": os.getloadavg()[0], "datasets": {}}
+    for name in datasets:
+        files = {k: (v.format(md17=args.md17) if isinstance(v, str) else
+                     {label: p.format(md17=args.md17) for label, p in v.items()})
+                 for k, v in SMALL_DATA[name].items()}
+        out = pathlib.Path(args.out) / f"vs_mace_{name}"
+        print(f"== {name}: eqgnn-train defaults and MACE, {args.budget:.0f} s each, cores {args.cores}", flush=True)
+        ours = lambda: train_defaults(files, out / "ours", args.budget, cores[0], args.ours_config)  # noqa: E731
+        mace = lambda: train_mace(  # noqa: E731
+            args.mace_python, pathlib.Path(files["train"]), pathlib.Path(files["valid"]),
+            {k: pathlib.Path(v) for k, v in files["tests"].items()}, out / "mace", args.budget,
+            MACE_DEFAULTS_VS, core=cores[-1], epochs=args.mace_epochs)
+        if len(cores) > 1:
+            with ThreadPoolExecutor(2) as pool:
+                jobs = {"ours": pool.submit(ours), "mace": pool.submit(mace)}
+                results["datasets"][name] = {k: j.result() for k, j in jobs.items()}
+        else:
+            results["datasets"][name] = {"ours": ours(), "mace": mace()}
+    return results
+
+
+def vs_mace_table(results: Dict) -> str:
+    """One markdown table per dataset, with MACE / ours ratios (> 1: ours is better)."""
+    lines = [f"eqgnn-train defaults vs MACE, {results['budget_s']:.0f} s of training each, one thread, "
+             f"cores {results.get('cores')}"]
+    for name, r in results["datasets"].items():
+        labels = list(SMALL_DATA[name]["tests"])
+        head = "| | epochs | train wall (s) | " + " | ".join(
+            f"{t} E-MAE (meV/atom) | {t} F-MAE / RMSE (meV/Å)" for t in labels) + " |"
+        lines += ["", f"**{name}**", "", head, "|---" * (3 + 2 * len(labels)) + "|"]
+        for who in ("mace", "ours"):
+            x = r[who]
+            if "error" in x:
+                lines.append(f"| {who} | | {_fmt(x.get('train_wall_s'), 0)} | error: {x['error']} |")
+                continue
+            cells = [f"{_fmt(x['tests'][t]['energy_mae'])} | {_fmt(x['tests'][t]['forces_mae'], 1)} / "
+                     f"{_fmt(x['tests'][t]['forces_rmse'], 1)}" for t in labels]
+            label = "MACE" if who == "mace" else f"ours ({x['model']} {x['hparams']})"
+            lines.append(f"| {label} | {x['epochs']} | {x['train_wall_s']:.0f} | " + " | ".join(cells) + " |")
+        if all("tests" in r[w] for w in ("mace", "ours")):
+            m, o = r["mace"]["tests"], r["ours"]["tests"]
+            cells = [f"{m[t]['energy_mae'] / o[t]['energy_mae']:.2f} | "
+                     f"{m[t]['forces_mae'] / o[t]['forces_mae']:.2f} / {m[t]['forces_rmse'] / o[t]['forces_rmse']:.2f}"
+                     for t in labels]
+            lines.append("| MACE / ours | | | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -221,7 +261,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="print one table from the JSON files of several runs (no training)")
+    p.add_argument("--defaults-vs-mace", default=None, metavar="DATASETS",
+                   help="the equal-budget mode: comma list of ala2,aspirin (needs --mace-python)")
+    p.add_argument("--cores", default="0,1",
+                   help="defaults-vs-mace: taskset cores, ours first, MACE second (one core: in turn; "
+                        "empty: not pinned)")
+    p.add_argument("--ours-config", default=None,
+                   help="defaults-vs-mace: a YAML config for eqgnn-train (default: none, its defaults)")
+    p.add_argument("--mace-epochs", type=int, default=None,
+                   help="defaults-vs-mace: MACE's --max_num_epochs (default: until the budget)")
     args = p.parse_args(argv)
+    if args.defaults_vs_mace:
+        os.chdir(ROOT)
+        datasets = [d.strip() for d in args.defaults_vs_mace.split(",") if d.strip()]
+        unknown = sorted(set(datasets) - set(SMALL_DATA))
+        if unknown or not args.mace_python:
+            print(f"accuracy.py: --defaults-vs-mace takes {','.join(SMALL_DATA)} and needs --mace-python"
+                  f"{f' (unknown: {unknown})' if unknown else ''}", file=sys.stderr)
+            return 2
+        results = defaults_vs_mace(args, datasets)
+        results["table"] = vs_mace_table(results)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        return 0
     if args.merge:
         merged: Dict = {"aspirin": {}, "own": {}}
         for path in args.merge:

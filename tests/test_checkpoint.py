@@ -349,6 +349,30 @@ def test_shape_probe_matches_the_real_model_for_every_family(name):
         assert dtype.is_floating_point == real[key].dtype.is_floating_point, key
 
 
+def test_body_ordered_tp_is_probed_and_its_orders_are_bounded(tmp_path, builds):
+    torch.manual_seed(3)
+    model = build_model("tp", ["Cu", "Ni"], 4.0, features=4, layers=2, l_max=1, sh_l_max=2,
+                        correlation=3, radial_hidden=8)
+    path = tmp_path / "body.pt"
+    save_model(model, path)
+    loaded = load_model(path)
+    assert builds == ["meta", "cpu"]  # the shape probe builds this family too
+    assert torch.equal(evaluate(loaded)["energy"], evaluate(model)["energy"])
+    for key, value in [("correlation", 50), ("correlation", 0), ("correlation", 2.0),
+                       ("sh_l_max", 9), ("sh_l_max", -1)]:
+        builds.clear()
+        tampered = _rewrite(path, tmp_path / "orders.pt",
+                            config=lambda c: c["hparams"].update({key: value}))
+        with pytest.raises(CheckpointError, match=f"orders.pt.*{key} must be an integer in"):
+            load_model(tampered)
+        assert builds == []  # refused before anything was built
+    builds.clear()
+    wider = _rewrite(path, tmp_path / "wider.pt", config=lambda c: c["hparams"].update(sh_l_max=3))
+    with pytest.raises(CheckpointError, match="wider.pt.*does not match its config"):
+        load_model(wider)
+    assert builds == ["meta"]
+
+
 @pytest.mark.parametrize("cutoff", [float("nan"), float("inf"), -4.0, 0.0, 1e6, 10**400, "4.0", None])
 def test_absurd_cutoffs_are_refused(tmp_path, cutoff):
     path = tmp_path / "model.pt"

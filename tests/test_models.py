@@ -23,6 +23,9 @@ VARIANTS = {
     "egnn-coords": dict(features=16, layers=3, n_radial=6, coord_update=True),
     "painn": dict(features=16, layers=3, n_radial=6),
     "tp": dict(features=6, layers=3, l_max=2, n_radial=6, radial_hidden=16),
+    # body-ordered, MACE's shape: vectors passed between blocks, a density up to l = 2
+    "tp-corr3": dict(features=4, layers=2, l_max=1, sh_l_max=2, n_radial=6, radial_hidden=16,
+                     correlation=3),
 }
 
 

@@ -46,6 +46,9 @@ HPARAM_BOUNDS = {
     "features": (1, 1024), "layers": (1, 32), "n_radial": (1, 128), "l_max": (0, 6),
     "radial_hidden": (1, 1024), "radial_layers": (0, 8), "head_hidden": (1, 1024),
     "envelope_p": (2, 64), "avg_num_neighbors": (1e-3, 1e4),
+    # tp's body order (models/body_order.py): its symmetric basis grows as d^ν / ν! with the
+    # density's size d = (sh_l_max + 1)^2; None for sh_l_max means l_max
+    "correlation": (1, 4), "sh_l_max": (0, 3),
 }
 #: Neighbour cutoffs a model file may have, Å: from below any bond length to where neighbour
 #: lists of condensed matter hold thousands of atoms per atom.
@@ -78,7 +81,7 @@ def check_hparams(hparams: Dict[str, Any]) -> None:
                 raise ValueError(f"hyper-parameter {name} is {value}")
             continue
         low, high = HPARAM_BOUNDS[name]
-        if name == "head_hidden" and value is None:
+        if name in ("head_hidden", "sh_l_max") and value is None:
             continue
         if isinstance(low, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -88,6 +91,14 @@ def check_hparams(hparams: Dict[str, Any]) -> None:
             kind = "a number"
         if not ok or not low <= value <= high:
             raise ValueError(f"hyper-parameter {name} must be {kind} in [{low}, {high}], got {value!r}")
+
+
+def highest_l(hparams: Dict[str, Any]) -> Optional[int]:
+    """The highest angular order of a (checked) config's network, for the shape probe's e3nn
+    constants: l_max, or tp's sh_l_max where larger; None for families without one."""
+    orders = [hparams.get(key) for key in ("l_max", "sh_l_max")]
+    orders = [l for l in orders if isinstance(l, int) and not isinstance(l, bool)]
+    return max(orders) if orders else None
 
 
 def check_cutoff(cutoff: Any) -> float:
@@ -233,7 +244,7 @@ def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
                            hparams=config["hparams"])
 
     try:
-        expected = probe_state_shapes(build, l_max=config["hparams"].get("l_max"))
+        expected = probe_state_shapes(build, l_max=highest_l(config["hparams"]))
         if expected is not None:
             check_state_shapes(expected, state, where, MAX_PARAMETERS)
         with torch.random.fork_rng(devices=[]):  # random initial weights, overwritten below
@@ -255,4 +266,4 @@ def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
 
 __all__ = ["save_model", "load_model", "load_checkpoint_dict", "check_hparams", "check_cutoff",
            "check_domain", "FORMAT", "FORMAT_VERSION", "UNITS", "HPARAM_BOUNDS", "CUTOFF_RANGE_A",
-           "MAX_PARAMETERS"]
+           "MAX_PARAMETERS", "highest_l"]

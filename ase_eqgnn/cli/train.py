@@ -4,7 +4,9 @@
                 [--max-epochs N] [--max-time SECONDS] [--seed S] [--device D] [--threads N] ...
 
 Every key of :class:`ase_eqgnn.train.TrainConfig` is also a flag (``_`` -> ``-``); flags win over the
-file. Re-running the same command with the same ``--out`` resumes from ``out/last.pt``; an ``--out``
+file. With ``--max-time`` the defaults spend the whole budget: the learning rate anneals over it
+(cosine) and neither the epoch count nor early stopping ends the run unless ``--max-epochs`` /
+``--patience`` are given. Re-running the same command with the same ``--out`` resumes from ``out/last.pt``; an ``--out``
 folder holding anything but this run is refused and left as it was. Several processes:
 ``torchrun --nproc_per_node K -m ase_eqgnn.cli.train ...``.
 
@@ -29,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train an equivariant GNN potential on labelled frames (eV, Å). Writes "
                     "config.yaml, last.pt, best.pt, log.csv and PNG plots to --out; re-running "
-                    "the same command resumes.")
+                    "the same command resumes. With --max-time SECONDS the defaults use the whole "
+                    "budget: the learning rate anneals over it (cosine) and only an explicit "
+                    "--max-epochs or --patience stops the run earlier.")
     parser.add_argument("config", nargs="?", help="YAML config file (keys as the flags below)")
     add_config_arguments(parser)
     return parser

@@ -10,7 +10,8 @@ name        family                                       hyper-parameters (defau
                                                          envelope_p 6, avg_num_neighbors 16
 ``tp``      NequIP-style e3nn tensor products (:mod:`.tp`) features 32, l_max 2, layers 4, n_radial 8,
                                                          radial_hidden 64, radial_layers 2,
-                                                         envelope_p 6, avg_num_neighbors 16
+                                                         envelope_p 6, avg_num_neighbors 16,
+                                                         correlation 1, sh_l_max None (= l_max)
 ==========  ===========================================  ===========================================
 
 Every family also takes ``head_hidden`` (width of the per-atom energy head; default features // 2).

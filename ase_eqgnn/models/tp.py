@@ -17,6 +17,16 @@ the cutoff), n = 1/sqrt(avg_num_neighbors), Lin/SI e3nn ``Linear`` maps (self-in
 gate: SiLU on scalars, sigmoid gates on each l > 0 irrep. The last block produces scalars only
 (``features x 0e``, then SiLU); they are the output [N, features], invariant under O(3).
 
+With ``correlation`` ν > 1 each block works on body-ordered features instead of a_i (MACE's product
+basis, :mod:`.body_order`):
+
+    a_i  <-  Σ_{n ≤ ν} W^{(n)}_{Z_i} · U^{(n)} · Lin_A(a_i)^{⊗n}     (channel-wise symmetric powers)
+
+where a_i then carries every irrep up to ``sh_l_max`` in every block (the last one too) and Lin_A
+maps it to ``features x`` each of them; ν = 1 (the default) is the network above, unchanged.
+``sh_l_max`` (default l_max) is the highest l of Y, and of the density when ν > 1: MACE's design
+is l_max 1 for the features a block passes on and sh_l_max 3 for the density.
+
 Example
 -------
 >>> from ase_eqgnn.models import build_model
@@ -28,7 +38,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,6 +46,7 @@ from torch import nn
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 
+from .body_order import SymmetricContraction
 from .blocks import (BesselBasis, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
 from .layouts import PaddedNeighborhood
@@ -50,6 +61,8 @@ DEFAULTS = {
     "radial_layers": 2,
     "envelope_p": 6,
     "avg_num_neighbors": 16.0,
+    "correlation": 1,
+    "sh_l_max": None,
 }
 
 
@@ -76,18 +89,30 @@ class TPLayer(nn.Module):
     """One convolution block: x (irreps_in) [N, dim] -> x (irreps_out) [N, dim']."""
 
     def __init__(self, irreps_in: o3.Irreps, targets: o3.Irreps, irreps_sh: o3.Irreps,
-                 n_radial: int, radial_hidden: int, radial_layers: int, norm: float):
+                 n_radial: int, radial_hidden: int, radial_layers: int, norm: float,
+                 body_order: Optional[Tuple[o3.Irreps, int, int]] = None):
         super().__init__()
         self.norm = norm
         self.irreps_in = irreps_in
         self.lin_1 = o3.Linear(irreps_in, irreps_in)
-        irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, targets)
+        # body_order = (density irreps, correlation, n_species): the messages summed into the
+        # density A_i (all of its irreps, also in the last block), then its symmetric powers
+        # contracted to the targets (models/body_order.py) before lin_2 and the gate.
+        irreps_mid, instructions = uvu_instructions(
+            irreps_in, irreps_sh, targets if body_order is None else body_order[0])
         self._tp_args = (irreps_in, irreps_sh, irreps_mid, instructions)
         self._reference_tps: Dict[tuple, nn.Module] = {}  # e3nn's TensorProduct per (dtype, device)
         self.fused_tp = NeighborTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions)
         self.radial = FullyConnectedNet(
             [n_radial] + [radial_hidden] * radial_layers + [self.fused_tp.weight_numel],
             torch.nn.functional.silu)
+        self.density = self.product = None
+        if body_order is not None:
+            density, correlation, n_species = body_order
+            self.density = o3.Linear(irreps_mid, density)
+            channels_out = o3.Irreps([(density[0].mul, ir) for _, ir in targets])
+            self.product = SymmetricContraction(density, channels_out, correlation, n_species)
+            irreps_mid = self.product.irreps_out
         scalars = o3.Irreps([(mul, ir) for mul, ir in targets if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in targets if ir.l > 0])
         if len(gated):
@@ -124,9 +149,11 @@ class TPLayer(nn.Module):
             self._reference_tps[key] = tp.to(device=device, dtype=dtype)
         return self._reference_tps[key]
 
-    def forward(self, x, sh, radial, nbh, cache):
+    def forward(self, x, sh, radial, nbh, cache, species=None):
         w = self.radial(radial)  # per-edge weights; R(0) = 0, so zero on padding
         a = self.convolve(self.lin_1(x), sh, w, nbh, cache) * self.norm
+        if self.product is not None:
+            a = self.product(self.density(a), species)
         out = self.gate(self.lin_2(a) + self.self_interaction(x))
         if self.residual:
             out = out + x
@@ -143,11 +170,13 @@ class TensorProductNet(nn.Module):
 
     def __init__(self, n_species: int, cutoff: float, features: int = 32, l_max: int = 2,
                  layers: int = 4, n_radial: int = 8, radial_hidden: int = 64, radial_layers: int = 2,
-                 envelope_p: int = 6, avg_num_neighbors: float = 16.0):
+                 envelope_p: int = 6, avg_num_neighbors: float = 16.0, correlation: int = 1,
+                 sh_l_max: Optional[int] = None):
         super().__init__()
         self.out_features = features
         self.hidden_irreps = natural_irreps(features, l_max)
-        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        sh_l_max = l_max if sh_l_max is None else sh_l_max
+        self.irreps_sh = o3.Irreps.spherical_harmonics(sh_l_max)
         self.embedding = SpeciesEmbedding(n_species, features)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.basis = BesselBasis(n_radial, cutoff)
@@ -157,8 +186,10 @@ class TensorProductNet(nn.Module):
         irreps = o3.Irreps([(features, "0e")])
         for k in range(layers):
             targets = self.hidden_irreps if k + 1 < layers else o3.Irreps([(features, "0e")])
+            body_order = (None if correlation == 1 else
+                          (natural_irreps(features, sh_l_max), correlation, n_species))
             block = TPLayer(irreps, targets, self.irreps_sh, n_radial, radial_hidden, radial_layers,
-                            norm)
+                            norm, body_order)
             blocks.append(block)
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
@@ -171,7 +202,7 @@ class TensorProductNet(nn.Module):
         cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
         x = self.embedding(species)
         for block in self.blocks:
-            x = block(x, sh, radial, nbh, cache)
+            x = block(x, sh, radial, nbh, cache, species)
         return x
 
 
@@ -180,6 +211,16 @@ def build(n_species: int, cutoff: float, hparams: dict) -> TensorProductNet:
     l_max = check_positive_int("l_max", hparams["l_max"], minimum=0)
     if l_max > 6:
         raise ValueError(f"hyper-parameter l_max must be between 0 and 6, got {l_max}")
+    correlation = check_positive_int("correlation", hparams["correlation"])
+    if correlation > 4 or (correlation > 1 and l_max > 3):
+        raise ValueError(f"hyper-parameter correlation must be between 1 and 4 (and l_max <= 3 when "
+                         f"it is above 1), got correlation {correlation} with l_max {l_max}")
+    sh_l_max = hparams["sh_l_max"]
+    if sh_l_max is not None:
+        sh_l_max = check_positive_int("sh_l_max", sh_l_max, minimum=0)
+        if not l_max <= sh_l_max <= (3 if correlation > 1 else 6):
+            raise ValueError(f"hyper-parameter sh_l_max must be between l_max ({l_max}) and "
+                             f"{3 if correlation > 1 else 6} (or null for l_max), got {sh_l_max}")
     return TensorProductNet(
         n_species, cutoff,
         features=check_positive_int("features", hparams["features"]),
@@ -190,4 +231,6 @@ def build(n_species: int, cutoff: float, hparams: dict) -> TensorProductNet:
         radial_layers=check_positive_int("radial_layers", hparams["radial_layers"], minimum=0),
         envelope_p=check_positive_int("envelope_p", hparams["envelope_p"], minimum=2),
         avg_num_neighbors=check_positive_float("avg_num_neighbors", hparams["avg_num_neighbors"]),
+        correlation=correlation,
+        sh_l_max=sh_l_max,
     )

@@ -12,6 +12,7 @@ Units: energies eV, lengths Å, times s (``max_time``), learning rates per optim
 >>> cfg = config_from_dict({"data": "train.npz", "max_epochs": "20"})
 >>> cfg.max_epochs
 20
+>>> TrainConfig(data="train.npz", max_time=600).epoch_limit  # a budget: only it ends the run
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from ..dtypes import DTYPES as _DTYPE_TABLE
 __all__ = ["TrainConfig", "config_from_dict", "load_config", "save_config", "add_config_arguments",
            "config_from_args", "RESUME_MUTABLE_KEYS"]
 
-SCHEDULERS = ("plateau", "cosine")
+SCHEDULERS = ("auto", "plateau", "cosine")
+#: What the None defaults of ``max_epochs`` and ``patience`` mean for a run without ``max_time``.
+DEFAULT_MAX_EPOCHS = 100
+DEFAULT_PATIENCE = 30
 LOSSES = ("mse", "huber")
 DTYPES = tuple(_DTYPE_TABLE)  # ase_eqgnn.dtypes
 SPLITS = ("random", "contiguous")
@@ -81,8 +85,13 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ run
     out: str = _f("run", "run directory (config.yaml, last.pt, best.pt, log.csv, PNGs)")
-    max_epochs: int = _f(100, "maximum number of passes over the training set")
-    max_time: Optional[float] = _f(None, "wall-time budget in seconds (summed over resumes); None = none")
+    max_epochs: Optional[int] = _f(None, "maximum number of passes over the training set; None = "
+                                         f"{DEFAULT_MAX_EPOCHS}, or no limit when max_time is set "
+                                         "(a given value still caps a budgeted run)")
+    max_time: Optional[float] = _f(None, "wall-time budget in seconds (summed over resumes); None = "
+                                         "none. With a budget the defaults use it all: the lr "
+                                         "anneals over it (scheduler auto) and neither max_epochs "
+                                         "nor patience ends the run unless given")
     batch_size: int = _f(8, "structures per optimizer step (global, over all processes)")
     valid_batch_size: Optional[int] = _f(None, "structures per validation batch; None = 2 * batch_size")
     seed: int = _f(0, "seed of the split, the initial weights and the batch order")
@@ -103,20 +112,30 @@ class TrainConfig:
     # ------------------------------------------------------------------ optimisation
     lr: float = _f(1e-3, "AdamW learning rate (after warm-up)")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
-    scheduler: str = _f("plateau", "\"plateau\" (ReduceLROnPlateau on valid loss) or \"cosine\" "
-                                   "(annealed over max_epochs, or over max_time when that comes first)")
+    scheduler: str = _f("auto", "\"plateau\" (ReduceLROnPlateau on valid loss), \"cosine\" "
+                                "(annealed over max_epochs, or over max_time after warm-up when "
+                                "that comes first) or \"auto\": cosine when max_time is set, else "
+                                "plateau")
     warmup_epochs: int = _f(0, "linear learning-rate warm-up before the schedule")
     lr_factor: float = _f(0.5, "plateau: multiply the lr by this on a plateau")
     lr_patience: int = _f(5, "plateau: epochs without improvement before reducing")
     min_lr: float = _f(1e-6, "floor of both schedules")
     ema_decay: float = _f(0.99, "EMA of weights per step (0 = no averaging); EMA weights are validated")
     clip_grad: Optional[float] = _f(10.0, "max gradient norm; None or 0 = no clipping")
-    patience: int = _f(30, "early stopping: epochs without validation improvement (0 = never)")
+    patience: Optional[int] = _f(None, "early stopping: epochs without validation improvement (0 = "
+                                       f"never); None = {DEFAULT_PATIENCE}, or never when max_time "
+                                       "is set")
     loss: str = _f("mse", "\"mse\" or \"huber\"")
     huber_delta: float = _f(0.01, "Huber transition point in the loss's units (eV/atom, eV/Å, eV/Å^3)")
     energy_weight: float = _f(1.0, "weight of the per-atom energy term (eV/atom)^2")
     forces_weight: float = _f(100.0, "weight of the force term (eV/Å)^2 per component")
     stress_weight: float = _f(1.0, "weight of the stress term (eV/Å^3)^2, frames with stress only")
+    final_fraction: float = _f(0.0, "a final stage (MACE's SWA-like stage two) over this last "
+                                    "fraction of the run (of max_time, else max_epochs): the cosine "
+                                    "ends before it, then final_lr and final_energy_weight; best.pt "
+                                    "is the stage's best; 0 = off. Needs the cosine schedule")
+    final_energy_weight: float = _f(1000.0, "final stage: the energy weight (forces keep theirs)")
+    final_lr: float = _f(1e-4, "final stage: its constant learning rate")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -135,10 +154,10 @@ class TrainConfig:
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         for name in ("max_epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_epochs", "num_workers", "lr_patience", "patience"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.valid_batch_size is not None and self.valid_batch_size < 1:
             raise ValueError(f"valid_batch_size must be >= 1, got {self.valid_batch_size}")
@@ -150,16 +169,22 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
         if not CUTOFF_RANGE[0] <= self.cutoff <= CUTOFF_RANGE[1] and not math.isnan(self.cutoff):
             raise ValueError(f"cutoff must be in [{CUTOFF_RANGE[0]}, {CUTOFF_RANGE[1]}] Å, got {self.cutoff}")
-        for name in ("lr", "cutoff", "huber_delta"):
+        for name in ("lr", "cutoff", "huber_delta", "final_lr"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {v}")
-        for name in ("weight_decay", "min_lr", "energy_weight", "forces_weight", "stress_weight"):
+        for name in ("weight_decay", "min_lr", "energy_weight", "forces_weight", "stress_weight",
+                     "final_energy_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         if self.energy_weight == self.forces_weight == self.stress_weight == 0:
             raise ValueError("energy_weight, forces_weight and stress_weight are all 0: nothing to train")
+        if not 0.0 <= self.final_fraction < 1.0:
+            raise ValueError(f"final_fraction must be in [0, 1), got {self.final_fraction}")
+        if self.final_fraction and self.schedule_kind != "cosine":
+            raise ValueError("a final stage (final_fraction > 0) needs the cosine schedule: set "
+                             "max_time (or scheduler: cosine)")
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -175,6 +200,27 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ helpers
     @property
+    def schedule_kind(self) -> str:
+        """The learning-rate schedule this run uses: ``scheduler``, with "auto" resolved."""
+        if self.scheduler != "auto":
+            return self.scheduler
+        return "cosine" if self.max_time is not None else "plateau"
+
+    @property
+    def epoch_limit(self) -> Optional[int]:
+        """``max_epochs`` as given, else the default: none with a time budget."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return None if self.max_time is not None else DEFAULT_MAX_EPOCHS
+
+    @property
+    def early_stopping_patience(self) -> int:
+        """``patience`` as given, else the default: never with a time budget."""
+        if self.patience is not None:
+            return self.patience
+        return 0 if self.max_time is not None else DEFAULT_PATIENCE
+
+    @property
     def eval_batch_size(self) -> int:
         return self.valid_batch_size or 2 * self.batch_size
 
@@ -184,8 +230,9 @@ class TrainConfig:
 
 
 #: Keys that may differ between the run that wrote ``last.pt`` and the one resuming from it.
+#: (``scheduler``: "auto" continues the run's schedule, another one must be the run's; see Trainer.)
 RESUME_MUTABLE_KEYS = frozenset({
-    "max_epochs", "max_time", "patience", "device", "num_workers", "num_threads", "progress",
+    "max_epochs", "max_time", "patience", "scheduler", "device", "num_workers", "num_threads", "progress",
     "keep_freed_memory", "layout",
     "test_data", "test_energies", "valid_batch_size", "valid_dtype",
 })

@@ -11,7 +11,7 @@ One epoch of :meth:`EpochLoop.run`:
    optimizer, schedule, EMA, counters, history, random states and the task's extra state) and
    ``log.csv`` atomically (:class:`~.run_dir.RunDirectory`).
 
-It stops at ``max_epochs``; after ``patience`` epochs without improvement (0 or None: never); or when
+It stops at ``max_epochs`` (None: no limit); after ``patience`` epochs without improvement (0 or None: never); or when
 the wall time so far (summed over resumes) plus the last epoch's duration would exceed ``max_time``
 seconds. Since everything the next epoch depends on is in ``last.pt``, a run killed at any moment and
 started again continues as if it had not been stopped.
@@ -95,13 +95,14 @@ class EpochLoop:
     """
 
     def __init__(self, run: RunDirectory, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: EpochScheduler, ema: torch.nn.Module, *, max_epochs: int,
+                 scheduler: EpochScheduler, ema: torch.nn.Module, *, max_epochs: Optional[int],
                  patience: Optional[int] = None, max_time: Optional[float] = None,
                  log: Callable[[str], None] = print, is_main: bool = True,
                  agree: Callable[[bool], bool] = bool):
         self.run_dir = run
         self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
-        self.max_epochs, self.patience, self.max_time = int(max_epochs), patience, max_time
+        self.max_epochs = None if max_epochs is None else int(max_epochs)
+        self.patience, self.max_time = patience, max_time
         self.log, self.is_main, self.agree = log, is_main, agree
         self.epoch = 0  # epochs done
         self.best_loss = math.inf
@@ -144,7 +145,7 @@ class EpochLoop:
 
     def stop_reason(self) -> str:
         """Why to stop before the next epoch ("max_epochs", "early_stopping", "max_time"), or ""."""
-        if self.epoch >= self.max_epochs:
+        if self.max_epochs is not None and self.epoch >= self.max_epochs:
             return "max_epochs"
         if self.patience and self.bad_epochs >= self.patience:
             return "early_stopping"

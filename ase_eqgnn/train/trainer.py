@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .. import heap
 from ..checkpoint import MAX_PARAMETERS, probe_state_shapes, save_model
+from ..checkpoint.potential import highest_l
 from ..data.readers import Frame
 from ..domain import shortest_distances
 from ..dtypes import resolve_dtype
@@ -49,7 +50,7 @@ from .loop import EpochLoop, EpochTask
 from .losses import GlobalCounts, LossWeights, loss_terms
 from .metrics import ErrorSums, Predictions, evaluate
 from .run_dir import RunDirectory
-from .schedule import EpochScheduler
+from .schedule import EpochScheduler, state_kind
 
 __all__ = ["Trainer", "TrainResult", "train", "LOG_COLUMNS", "OUTPUTS"]
 
@@ -77,7 +78,7 @@ def _check_model_size(name: str, species: Sequence[int], cutoff: float, hparams:
     """ValueError when the model would have more weights than a model file may hold (counted on
     torch's "meta" device, which allocates nothing; the checkpoint module's bound on loading)."""
     expected = probe_state_shapes(lambda: build_model(name, species, cutoff, hparams=dict(hparams)),
-                                  l_max=hparams.get("l_max"))
+                                  l_max=highest_l(hparams))
     n = 0 if expected is None else sum(shape.numel() for shape, _ in expected.values())
     if n > MAX_PARAMETERS:
         raise ValueError(f"hparams {hparams} give a {name} model of {n:,} weights, more than "
@@ -145,16 +146,24 @@ class Trainer(EpochTask):
         model.domain = shortest_distances(s.graph for s in self.train_samples)  # copied into the EMA
         self.model = model.to(device=self.device, dtype=self.dtype)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = EpochScheduler(self.optimizer, cfg.scheduler, cfg.lr, cfg.max_epochs,
+        kind = cfg.schedule_kind  # "auto" continues the schedule the run started with
+        if resume is not None and cfg.scheduler == "auto":
+            kind = state_kind(resume["scheduler"])
+        self.scheduler = EpochScheduler(self.optimizer, kind, cfg.lr, cfg.epoch_limit,
                                         cfg.warmup_epochs, cfg.min_lr, cfg.lr_factor, cfg.lr_patience,
-                                        max_time=cfg.max_time)
+                                        max_time=cfg.max_time, final_fraction=cfg.final_fraction,
+                                        final_lr=cfg.final_lr)
         self.ema = make_ema(self.model, cfg.ema_decay)
         self.loop = EpochLoop(self.run_dir, self.model, self.optimizer, self.scheduler, self.ema,
-                              max_epochs=cfg.max_epochs, patience=cfg.patience, max_time=cfg.max_time,
+                              max_epochs=cfg.epoch_limit, patience=cfg.early_stopping_patience,
+                              max_time=cfg.max_time,
                               log=self._say, is_main=self.dist.is_main, agree=self._agree)
         self.resumed = resume is not None
         if resume is not None:
             self.loop.load_state_dict(resume)
+        self.in_final_stage = False
+        if resume is not None and resume.get("final_stage"):
+            self._enter_final_stage(resumed=True)
         self.stop_reason = ""
         self.ddp_model = self.model
         if self.dist.enabled:
@@ -228,6 +237,8 @@ class Trainer(EpochTask):
     def train_epoch(self, loop: EpochLoop) -> Tuple[Dict[str, float], bool]:
         """One epoch of optimizer steps: ({"train_loss": mean global loss}, stopped early for time)."""
         cfg = self.cfg
+        if not self.in_final_stage and self.scheduler.final_stage(loop.epoch):
+            self._enter_final_stage()
         batches = EpochBatches(len(self.train_samples), cfg.batch_size, True, cfg.seed,
                                self.dist.rank, self.dist.world_size)
         batches.set_epoch(loop.epoch)
@@ -237,7 +248,8 @@ class Trainer(EpochTask):
         total = torch.zeros((), dtype=torch.float64)
         steps = 0
         out_of_time = False
-        bar = tqdm(loader, total=len(global_batches), desc=f"epoch {loop.epoch + 1}/{cfg.max_epochs}",
+        of = f"/{cfg.epoch_limit}" if cfg.epoch_limit else ""
+        bar = tqdm(loader, total=len(global_batches), desc=f"epoch {loop.epoch + 1}{of}",
                    disable=not (cfg.progress and self.dist.is_main), leave=False, dynamic_ncols=True,
                    file=sys.stderr)
         for batch, indices in zip(bar, global_batches):
@@ -284,7 +296,19 @@ class Trainer(EpochTask):
         save_model(self.ema.module, self.path("best.pt"), metadata=metadata)
 
     def extra_state(self) -> Dict[str, Any]:
-        return {"model_config": self.model.config}
+        return {"model_config": self.model.config, "final_stage": self.in_final_stage}
+
+    def _enter_final_stage(self, resumed: bool = False) -> None:
+        """The final stage (config final_fraction): the energy weight raised; on entering it the best
+        validation loss is forgotten, since the loss changed meaning (best.pt: the stage's best)."""
+        cfg = self.cfg
+        self.in_final_stage = True
+        self.weights = LossWeights(cfg.final_energy_weight, cfg.forces_weight, cfg.stress_weight,
+                                   cfg.loss, cfg.huber_delta)
+        if not resumed:
+            self.loop.best_loss, self.loop.bad_epochs = math.inf, 0
+            self._say(f"final stage from epoch {self.loop.epoch + 1}: energy weight "
+                      f"{cfg.final_energy_weight:g}, lr {cfg.final_lr:g}")
 
     def log_columns(self, history: List[Dict[str, float]]) -> List[str]:
         has_stress = any(not math.isnan(r.get("stress_mae", math.nan)) for r in history)
