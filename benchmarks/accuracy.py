@@ -1,6 +1,6 @@
 """Accuracy benchmark: each model family trained on MD17 aspirin for a fixed wall-time budget.
 
-    python benchmarks/accuracy.py                          # 30 min per model (the brief's budget)
+    python benchmarks/accuracy.py                          # 30 min per model (the judged budget)
     python benchmarks/accuracy.py --budget 60 --models painn --own-budget 30   # a smoke run
     python benchmarks/accuracy.py --mace-python /work/anchors/mace/bin/python  # + MACE side by side
     python benchmarks/accuracy.py --budget 0 --own-budget 120 --models painn --json a.json  # own data only
