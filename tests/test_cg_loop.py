@@ -288,3 +288,109 @@ def test_prior_on_cuda_matches_cpu():
     e_gpu, f_gpu = prior.cuda().energy_and_forces(x.cuda())
     torch.testing.assert_close(e_gpu.cpu(), e_cpu, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(f_gpu.cpu(), f_cpu, rtol=1e-4, atol=1e-5)
+
+
+# -- Ramachandran analysis ----------------------------------------------------------------------
+def _four_points(dihedral_deg):
+    """a, b, c, d with a right angle at b and c and the given dihedral a-b-c-d (IUPAC sign: looking
+    along b -> c, positive when a turns clockwise onto d)."""
+    t = np.radians(dihedral_deg)
+    return np.array([[1.0, 0, 0], [0, 0, 0], [0, 0, 1.5], [np.cos(t), np.sin(t), 1.5]])
+
+
+@pytest.mark.parametrize("angle", [-179.0, -120.0, -60.0, 0.0, 45.0, 90.0, 179.5])
+def test_dihedral_known_values(angle):
+    assert rama.dihedrals(_four_points(angle), [[0, 1, 2, 3]])[0] == pytest.approx(angle, abs=1e-9)
+    # same convention as mdtraj
+    top = md.Topology()
+    residue = top.add_residue("X", top.add_chain())
+    for k in range(4):
+        top.add_atom(f"C{k}", md.element.carbon, residue)
+    traj = md.Trajectory(_four_points(angle)[None] / 10.0, top)
+    assert np.degrees(md.compute_dihedrals(traj, [[0, 1, 2, 3]]))[0, 0] == pytest.approx(angle, abs=1e-4)
+
+
+def test_bead_phi_psi_equal_all_atom_phi_psi(ala2_frames, ala2_top):
+    cg = ala2_five_bead_map(ala2_top)
+    x = np.stack([f.positions for f in ala2_frames])
+    phi, psi = rama.bead_phi_psi(cg.bead_positions(x))
+    traj = md.Trajectory(x / 10.0, ala2_top)
+    _, phi_aa = md.compute_phi(traj)
+    _, psi_aa = md.compute_psi(traj)
+    np.testing.assert_allclose(rama.angle_difference(phi, np.degrees(phi_aa[:, 0])), 0, atol=1e-3)
+    np.testing.assert_allclose(rama.angle_difference(psi, np.degrees(psi_aa[:, 0])), 0, atol=1e-3)
+    agreement = rama.dihedral_agreement(phi, psi, np.degrees(phi_aa[:, 0]), np.degrees(psi_aa[:, 0]))
+    assert agreement["fraction_within"] == 1.0 and agreement["phi_max_abs_deg"] < 1e-3
+
+
+def test_basins_partition_the_plane():
+    phi = np.array([-70, -70, -150, 60, 60, 0, 119.9, 120, 179.9, -179.9, -70, -70, 180])
+    psi = np.array([140, -40, 160, 40, -70, 0, 100, 0, 170, -170, 50, -150, 150])
+    want = ["beta", "alphaR", "beta", "alphaL", "alphaL", "alphaL", "alphaL", "alphaR", "beta",
+            "beta", "beta", "alphaR", "beta"]
+    assert [rama.BASINS[k] for k in rama.basin_labels(phi, psi)] == want
+    pop = rama.populations(phi, psi)
+    assert sum(pop.values()) == pytest.approx(1.0)
+    assert pop["alphaL"] == pytest.approx(4 / 13) and pop["beta"] == pytest.approx(6 / 13)
+    with pytest.raises(ValueError, match="finite"):
+        rama.populations([np.nan], [0.0])
+
+
+def test_histogram_bins_and_wrapping():
+    h = rama.histogram([-180, -151, 179.9, 180, 0, -0.1], [-180, -180, 179.9, 10, 0, 29.9])
+    assert h.shape == (12, 12) and h.sum() == pytest.approx(1.0)
+    counts = np.rint(h * 6).astype(int)
+    assert counts[0, 0] == 2          # -180 and -151 share the first 30-degree bin
+    assert counts[11, 11] == 1        # 179.9
+    assert counts[0, 6] == 1          # phi = +180 is phi = -180
+    assert counts[6, 6] == 1 and counts[5, 6] == 1
+    assert rama.histogram([0], [0], bin_deg=10).shape == (36, 36)
+    with pytest.raises(ValueError, match="divide"):
+        rama.histogram([0], [0], bin_deg=7)
+
+
+def test_js_divergence_known_values_and_scipy():
+    scipy_distance = pytest.importorskip("scipy.spatial.distance")
+    rng = np.random.default_rng(0)
+    p, q = rng.random((12, 12)), rng.random((12, 12))
+    q[3] = 0.0  # empty bins are allowed
+    assert rama.js_divergence(p, q) == pytest.approx(scipy_distance.jensenshannon(p.ravel(), q.ravel()) ** 2)
+    assert rama.js_divergence(p, q) == pytest.approx(rama.js_divergence(q, p))
+    assert rama.js_divergence(p, 3 * p) == pytest.approx(0.0, abs=1e-15)
+    disjoint = np.zeros((2, 2))
+    disjoint[0, 0] = 1
+    assert rama.js_divergence(disjoint, disjoint[::-1]) == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="shape"):
+        rama.js_divergence(p, q[:6])
+
+
+def test_compare_surfaces_and_agreement_with_noise():
+    rng = np.random.default_rng(2)
+    n = 4000
+    ref_phi = np.where(rng.random(n) < 0.6, -75, -70) + rng.normal(0, 12, n)
+    ref_psi = np.where(rng.random(n) < 0.6, 150, -40) + rng.normal(0, 12, n)
+    ref_phi[:200], ref_psi[:200] = 60 + rng.normal(0, 8, 200), 40 + rng.normal(0, 8, 200)  # 5 % alphaL
+    same = rama.compare_surfaces(ref_phi[::-1], ref_psi[::-1], ref_phi, ref_psi)
+    assert same["js_divergence"] == pytest.approx(0.0, abs=1e-12)
+    assert same["max_population_difference_points"] == pytest.approx(0.0) and not same["unvisited_basins"]
+    run = rama.compare_surfaces(ref_phi[200:], ref_psi[200:], ref_phi, ref_psi)  # no alphaL frames
+    assert run["unvisited_basins"] == ["alphaL"]
+    assert run["max_population_difference_points"] == pytest.approx(5.0)
+    assert run["js_divergence"] > 0.01
+    # circular differences of back-mapped vs bead angles
+    noisy = rama.angle_difference(ref_phi + rng.normal(0, 3, n), -360.0)  # wraps, same angle
+    agreement = rama.dihedral_agreement(noisy, ref_psi, ref_phi, ref_psi, tolerance_deg=10)
+    assert 2.0 < agreement["phi_mean_abs_deg"] < 3.0 and agreement["psi_max_abs_deg"] < 1e-9
+    assert agreement["fraction_within"] > 0.99
+    assert rama.angle_difference(179.0, -179.0) == pytest.approx(-2.0)
+
+
+def test_plot_side_by_side_writes_only_its_file(tmp_path):
+    rng = np.random.default_rng(0)
+    surfaces = {"reference": (rng.uniform(-180, 180, 500), rng.uniform(-180, 180, 500)),
+                "CG MD": (rng.normal(-70, 20, 500), rng.normal(140, 20, 500))}
+    out = rama.plot_side_by_side(surfaces, tmp_path / "rama.png", temperature_K=300.0)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rama.png"]
+    with pytest.raises(ValueError, match="does not exist"):
+        rama.plot_side_by_side(surfaces, tmp_path / "missing" / "rama.png")

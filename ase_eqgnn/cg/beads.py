@@ -26,7 +26,7 @@ Example::
     >>> beads = BeadSet.from_map(ala2_five_bead_map(top), [a.element.atomic_number for a in top.atoms])
     >>> atoms = beads_to_atoms(beads, np.zeros((5, 3)))
     >>> atoms.numbers.tolist(), atoms.get_masses().round(2).tolist()
-    ([1, 2, 3, 4, 5], [43.04, 15.01, 42.08, 28.01, 30.05])
+    ([1, 2, 3, 4, 5], [43.04, 15.02, 28.05, 28.01, 30.05])
 """
 
 from __future__ import annotations
