@@ -15,8 +15,8 @@ import torch
 from ase import units
 
 from ase_eqgnn.cg.beads import BeadSet, beads_to_atoms
-from ase_eqgnn.cg.forcematch import (cg_frames, check_consistency, force_map_matrix, map_forces,
-                                     map_frames)
+from ase_eqgnn.cg.forcematch import (CGDataset, cg_frames, check_consistency, force_map_matrix,
+                                     load_cg_dataset, map_forces, map_frames, save_cg_dataset)
 from ase_eqgnn.cg.maps import CGMap, ala2_five_bead_map, named_atoms_map, residue_map
 from ase_eqgnn.cg.priors import CGPrior, bond_angles, bond_lengths, chain_terms
 from ase_eqgnn.cg import ramachandran as rama
@@ -119,6 +119,30 @@ def test_map_frames_rejects_bad_input(ala2_frames, ala2_top):
         map_frames(ala2_frames[:2], CGMap([0, 0, 1], kind="cog"))
     with pytest.raises(ValueError, match="no frames"):
         map_frames([], cg)
+
+
+def test_cg_dataset_file_round_trip(ala2_frames, ala2_top, tmp_path):
+    cg = ala2_five_bead_map(ala2_top)
+    X, F = map_frames(ala2_frames, cg)
+    beads = BeadSet.from_map(cg, ala2_frames[0].numbers)
+    data = CGDataset(X, F, cg, beads, 300.0, extra={"run": np.arange(len(X)) % 2})
+    path = save_cg_dataset(tmp_path / "cg.npz", data)
+    back = load_cg_dataset(path)
+    assert back.cg_map == cg and back.beads == beads and back.temperature_K == 300.0
+    np.testing.assert_allclose(back.positions, X, rtol=1e-6)  # stored as float32
+    np.testing.assert_allclose(back.forces, F, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(back.extra["run"], data.extra["run"])
+    frames = back.to_frames()
+    assert len(frames) == len(X) and frames[0].numbers.tolist() == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cg.npz"]
+    np.savez(tmp_path / "other.npz", positions=X)
+    with pytest.raises(ValueError, match="missing"):
+        load_cg_dataset(tmp_path / "other.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="readable"):
+        load_cg_dataset(tmp_path / "junk.npz")
+    with pytest.raises(ValueError, match="temperature"):
+        CGDataset(X, F, cg, beads, -1.0)
 
 
 # -- beads as Atoms -----------------------------------------------------------------------------

@@ -25,7 +25,9 @@ Functions:
 - :func:`map_frames`: :class:`~ase_eqgnn.data.Frame` list (what ``read_dataset`` returns: positions
   Å, forces eV/Å) -> bead positions and mapped forces as arrays;
 - :func:`cg_frames`: the same as bead :class:`Frame` objects (bead-type atomic numbers, no energy),
-  which ``ase.io`` writes to extxyz with their forces.
+  which ``ase.io`` writes to extxyz with their forces;
+- :class:`CGDataset` with :func:`save_cg_dataset` / :func:`load_cg_dataset`: a compact ``.npz`` of
+  bead positions and mapped forces that also records the map, the beads and the temperature.
 
 Example::
 
@@ -39,7 +41,11 @@ Example::
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,7 +53,8 @@ from ..data import Frame
 from .beads import BeadSet
 from .maps import CGMap
 
-__all__ = ["force_map_matrix", "check_consistency", "map_forces", "map_frames", "cg_frames"]
+__all__ = ["force_map_matrix", "check_consistency", "map_forces", "map_frames", "cg_frames", "CGDataset",
+           "save_cg_dataset", "load_cg_dataset"]
 
 
 def force_map_matrix(cg_map: CGMap) -> np.ndarray:
@@ -121,3 +128,94 @@ def cg_frames(frames: Sequence[Frame], cg_map: CGMap, beads: BeadSet | None = No
     return [Frame(positions=x, numbers=beads.numbers.copy(), forces=f,
                   info={k: v for k, v in frame.info.items() if k in ("source", "index", "time_ps")})
             for x, f, frame in zip(positions, forces, frames)]
+
+
+@dataclass
+class CGDataset:
+    """Force-matching data of one CG molecule.
+
+    Attributes:
+        positions, forces: [frames, n_beads, 3], Å and eV/Å (mapped forces).
+        cg_map: the map that made them; beads: their :class:`BeadSet`.
+        temperature_K: the all-atom simulation's temperature (the priors are fitted at it).
+        extra: per-frame arrays (e.g. ``run``, ``time_ps``, ``phi``, ``psi``) and scalar notes.
+    """
+
+    positions: np.ndarray
+    forces: np.ndarray
+    cg_map: CGMap
+    beads: BeadSet
+    temperature_K: float
+    extra: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.positions = np.asarray(self.positions, dtype=np.float64)
+        self.forces = np.asarray(self.forces, dtype=np.float64)
+        n = self.cg_map.n_beads
+        if self.positions.ndim != 3 or self.positions.shape[1:] != (n, 3) or len(self.positions) == 0:
+            raise ValueError(f"positions must be [frames, {n}, 3], got {self.positions.shape}")
+        if self.forces.shape != self.positions.shape:
+            raise ValueError(f"forces {self.forces.shape} and positions {self.positions.shape} differ")
+        if self.beads.n_beads != n:
+            raise ValueError(f"{self.beads.n_beads} beads in the bead set, {n} in the map")
+        if not (np.all(np.isfinite(self.positions)) and np.all(np.isfinite(self.forces))):
+            raise ValueError("positions and forces must be finite")
+        if not (np.isfinite(self.temperature_K) and self.temperature_K > 0):
+            raise ValueError(f"temperature_K must be positive, got {self.temperature_K}")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def to_frames(self) -> List[Frame]:
+        """Bead :class:`Frame` objects (type-code numbers, mapped forces, no energy)."""
+        return [Frame(positions=x, numbers=self.beads.numbers.copy(), forces=f, info={"index": k})
+                for k, (x, f) in enumerate(zip(self.positions, self.forces))]
+
+
+_RESERVED = ("positions", "forces", "cg_map_json", "beads_json", "temperature_K")
+
+
+def save_cg_dataset(path: Union[str, os.PathLike], data: CGDataset, dtype=np.float32) -> Path:
+    """Write ``data`` to ``path`` (.npz, positions and forces as ``dtype``) through a temporary
+    file; nothing is pickled (map and beads are JSON strings)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"a CG dataset is an .npz file, got {path.name}")
+    clash = set(data.extra) & set(_RESERVED)
+    if clash:
+        raise ValueError(f"extra arrays may not be named {sorted(clash)}")
+    arrays = {"positions": data.positions.astype(dtype), "forces": data.forces.astype(dtype),
+              "cg_map_json": np.str_(data.cg_map.to_json()),
+              "beads_json": np.str_(json.dumps(data.beads.to_dict())),
+              "temperature_K": np.float64(data.temperature_K),
+              **{k: np.asarray(v) for k, v in data.extra.items()}}
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_cg_dataset(path: Union[str, os.PathLike]) -> CGDataset:
+    """Read a file written by :func:`save_cg_dataset` (ValueError naming the problem otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CG dataset not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+    missing = [k for k in _RESERVED if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: not a CG dataset, missing {missing}")
+    try:
+        cg_map = CGMap.from_json(str(arrays.pop("cg_map_json")))
+        beads = BeadSet.from_dict(json.loads(str(arrays.pop("beads_json"))))
+        return CGDataset(arrays.pop("positions"), arrays.pop("forces"), cg_map, beads,
+                         float(arrays.pop("temperature_K")), extra=arrays)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path}: invalid CG dataset: {exc}") from None
