@@ -169,7 +169,8 @@ def plot_side_by_side(surfaces: Dict[str, Tuple[np.ndarray, np.ndarray]], path: 
                       bin_deg: float = 10.0, temperature_K: Optional[float] = None) -> Path:
     """Ramachandran plots of several runs side by side, ``{title: (phi, psi)}`` in degrees, written to
     ``path`` (PNG/PDF/SVG by extension) through a temporary file. With ``temperature_K`` the colour is
-    the free energy -kT ln p (eV, zero at the most populated bin), else the probability."""
+    the free energy -kT ln p (eV, zero at each panel's most populated bin, one scale up to 8 kT for
+    all panels), else the probability."""
     from ase import units
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global figure state in the host process
@@ -183,15 +184,17 @@ def plot_side_by_side(surfaces: Dict[str, Tuple[np.ndarray, np.ndarray]], path: 
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(surfaces), squeeze=False)[0]
     edges = np.linspace(-180, 180, int(round(360 / bin_deg)) + 1)
+    hists = {title: histogram(phi, psi, bin_deg) for title, (phi, psi) in surfaces.items()}
+    if temperature_K is not None:  # one colour scale for all panels: 0 ... 8 kT
+        kT = units.kB * temperature_K
+        with np.errstate(divide="ignore"):
+            values = {t: -kT * np.log(h / h.max()) for t, h in hists.items()}
+        vmax, label = 8 * kT, "free energy (eV)"
+    else:
+        values, vmax, label = hists, max(h.max() for h in hists.values()), "probability"
     for ax, (title, (phi, psi)) in zip(axes, surfaces.items()):
-        p = histogram(phi, psi, bin_deg)
-        if temperature_K is not None:
-            with np.errstate(divide="ignore"):
-                value = -units.kB * temperature_K * np.log(p / p.max())
-            label = "free energy (eV)"
-        else:
-            value, label = p, "probability"
-        mesh = ax.pcolormesh(edges, edges, np.ma.masked_where(p == 0, value).T, cmap="viridis")
+        mesh = ax.pcolormesh(edges, edges, np.ma.masked_where(hists[title] == 0, values[title]).T,
+                             cmap="viridis", vmin=0.0, vmax=vmax)
         fig.colorbar(mesh, ax=ax, label=label)
         pop = populations(phi, psi)
         ax.set_title(f"{title}\n" + ", ".join(f"{b} {100 * v:.1f}%" for b, v in pop.items()), fontsize=9)
