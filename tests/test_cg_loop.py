@@ -418,3 +418,39 @@ def test_plot_side_by_side_writes_only_its_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rama.png"]
     with pytest.raises(ValueError, match="does not exist"):
         rama.plot_side_by_side(surfaces, tmp_path / "missing" / "rama.png")
+
+
+# -- the reference builder (training/ala2_cg_reference.py) --------------------------------------
+def test_reference_builder_on_the_shipped_openmm_runs(tmp_path):
+    """Two independent OpenMM runs (the shipped train and test sets) through the builder: the
+    populations and histogram equal those of mdtraj's all-atom phi/psi, the halves are the runs,
+    and the dataset holds the mapped forces."""
+    import json
+    import subprocess
+    import sys
+
+    runs = [ROOT / "training/data/ala2_train", ROOT / "training/data/ala2_test"]
+    out = subprocess.run([sys.executable, str(ROOT / "training/ala2_cg_reference.py"), "--runs",
+                          *map(str, runs), "--dataset", str(tmp_path / "cg.npz"), "--reference",
+                          str(tmp_path / "ref.json"), "--every", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ref = json.loads((tmp_path / "ref.json").read_text())
+    angles = []
+    for run in runs:
+        traj = md.load(str(run.with_suffix(".h5")))
+        angles.append((np.degrees(md.compute_phi(traj)[1][:, 0]), np.degrees(md.compute_psi(traj)[1][:, 0])))
+    phi, psi = (np.concatenate(a) for a in zip(*angles))
+    assert ref["frames"] == len(phi) == 3000 and ref["simulated_ns"] == pytest.approx(0.6)
+    for basin, value in rama.populations(phi, psi).items():
+        assert ref["populations"][basin] == pytest.approx(value)
+        for half, (a, b) in zip("AB", angles):
+            assert ref["halves_by_runs"][half]["populations"][basin] == pytest.approx(rama.populations(a, b)[basin])
+    np.testing.assert_allclose(ref["histogram"], rama.histogram(phi, psi), atol=1e-8)
+    data = load_cg_dataset(tmp_path / "cg.npz")
+    assert len(data) == 600 and data.temperature_K == 300.0 and sorted(set(data.extra["run"])) == [1, 2]
+    npz = np.load(runs[0].with_suffix(".npz"))
+    ca_bead = [a.index for a in md.load_frame(str(runs[0].with_suffix(".h5")), 0).topology.atoms
+               if a.residue.name == "ALA" and a.name in ("CA", "HA", "CB", "HB1", "HB2", "HB3")]
+    np.testing.assert_allclose(data.forces[:500, 2], npz["forces"][::5][:, ca_bead].sum(1), rtol=1e-5, atol=1e-5)
+    assert np.abs(rama.angle_difference(data.extra["phi"], phi[np.r_[0:2500:5, 2500:3000:5]])).max() < 1e-3

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -69,7 +70,7 @@ def summarise(runs: list, bin_deg: float = 30.0) -> dict:
     halves = {"A": runs[:cut], "B": runs[cut:]} if len(runs) > 1 else {}
     out = {
         "frames": int(frames.sum()), "runs": len(runs),
-        "simulated_ns": float(sum(len(r["phi"]) * (r["time_ps"][1] - r["time_ps"][0]) for r in runs) / 1000),
+        "simulated_ns": round(float(sum(len(r["phi"]) * (r["time_ps"][1] - r["time_ps"][0]) for r in runs)) / 1000, 6),
         "populations": rama.populations(phi, psi),
         "bin_deg": bin_deg, "histogram": rama.histogram(phi, psi, bin_deg).round(8).tolist(),
         "per_run": [{"seed": r["seed"], "frames": len(r["phi"]), "populations": p}
@@ -139,7 +140,10 @@ def main(argv=None) -> None:
                "psi": np.concatenate([r["psi"][k] for r, k in zip(runs, keep)]).astype(np.float32)})
     save_cg_dataset(a.dataset, data)
     tmp = a.reference.with_name(f".{a.reference.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    # one line per histogram row and per populations dict keeps the file short and readable
+    text = re.sub(r"\[\s*([-0-9.e,\s]+?)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                  json.dumps(summary, indent=1))
+    tmp.write_text(text + "\n")
     os.replace(tmp, a.reference)
     halves = summary.get("halves_by_runs", {})
     print(f"{summary['runs']} runs, {summary['simulated_ns']:.2f} ns, {summary['frames']} frames; "
