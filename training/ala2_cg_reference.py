@@ -134,8 +134,8 @@ def main(argv=None) -> None:
         np.concatenate([r["positions"][k] for r, k in zip(runs, keep)]),
         np.concatenate([r["forces"][k] for r, k in zip(runs, keep)]),
         first["cg_map"], BeadSet.from_map(first["cg_map"], first["numbers"]), first["temperature_K"],
-        extra={"run": np.concatenate([np.full(len(k), r["seed"]) for r, k in zip(runs, keep)]),
-               "time_ps": np.concatenate([r["time_ps"][k] for r, k in zip(runs, keep)]),
+        extra={"run": np.concatenate([np.full(len(k), r["seed"], dtype=np.int32) for r, k in zip(runs, keep)]),
+               "time_ps": np.concatenate([r["time_ps"][k] for r, k in zip(runs, keep)]).astype(np.float32),
                "phi": np.concatenate([r["phi"][k] for r, k in zip(runs, keep)]).astype(np.float32),
                "psi": np.concatenate([r["psi"][k] for r, k in zip(runs, keep)]).astype(np.float32)})
     save_cg_dataset(a.dataset, data)
