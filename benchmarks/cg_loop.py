@@ -23,7 +23,8 @@ The CG potential: ``--cg-model prior`` uses the CG priors fitted to the CG datas
 angles, repulsion; no network, so no (phi, psi) preferences: a baseline and the phase-1 stand-in).
 Phase 2 adds CG checkpoints (``--cg-model ala2-cg`` or a path) through ``EqGNNCalculator``.
 ``--cg-traj`` compares an existing CG trajectory (any ``ase.io`` format of bead ``Atoms``) instead of
-running CG MD here.
+running CG MD here; ``--cg-traj dataset`` takes the CG dataset's own frames (the all-atom runs mapped
+to beads: the control, which must meet every target).
 
     python benchmarks/cg_loop.py --cg-model prior --cg-ns 0.2 --json cg_loop.json --plot rama.png
 """
@@ -215,7 +216,7 @@ def main(argv=None) -> None:
     p.add_argument("--reference", type=Path, default=DATA / "ala2_rama_reference.json")
     p.add_argument("--dataset", type=Path, default=DATA / "ala2_cg_5bead.npz")
     p.add_argument("--cg-model", default="prior", help="'prior' (phase 1); a CG checkpoint in phase 2")
-    p.add_argument("--cg-traj", type=Path, help="compare this CG trajectory instead of running CG MD")
+    p.add_argument("--cg-traj", help="compare this CG trajectory (or 'dataset') instead of running CG MD")
     p.add_argument("--cg-ns", type=float, default=0.1, help="CG MD length when no --cg-traj")
     p.add_argument("--cg-dt", type=float, default=2.0, help="CG MD time step (fs)")
     p.add_argument("--backmapper", default="ala2")
@@ -237,7 +238,10 @@ def main(argv=None) -> None:
     dataset = load_cg_dataset(args.dataset)
     report = {"reference": reference_section(reference), "machine_threads": args.threads}
     cg_calc = cg_calculator(args.cg_model, dataset)
-    if args.cg_traj:
+    if args.cg_traj == "dataset":
+        cg_xyz = dataset.positions
+        report["cg_run"] = {"source": str(args.dataset), "frames": int(len(cg_xyz))}
+    elif args.cg_traj:
         import ase.io
 
         cg_xyz = np.array([a.get_positions() for a in ase.io.read(args.cg_traj, ":")])
@@ -251,8 +255,9 @@ def main(argv=None) -> None:
         report["fes"] = fes_section(cg_xyz, reference)
         if args.plot:
             ref_phi, ref_psi = dataset.extra["phi"], dataset.extra["psi"]
+            label = f"CG MD ({args.cg_model})" if "model" in report["cg_run"] else f"CG frames: {args.cg_traj}"
             rama.plot_side_by_side({"all-atom reference (OpenMM)": (ref_phi, ref_psi),
-                                    f"CG MD ({args.cg_model})": rama.bead_phi_psi(cg_xyz)}, args.plot,
+                                    label: rama.bead_phi_psi(cg_xyz)}, args.plot,
                                    temperature_K=dataset.temperature_K)
     if "backmap" not in skip:
         report["backmap"] = backmap_section(cg_xyz, args.backmapper, args.backmap_frames, args.seed)
