@@ -454,3 +454,30 @@ def test_reference_builder_on_the_shipped_openmm_runs(tmp_path):
                if a.residue.name == "ALA" and a.name in ("CA", "HA", "CB", "HB1", "HB2", "HB3")]
     np.testing.assert_allclose(data.forces[:500, 2], npz["forces"][::5][:, ca_bead].sum(1), rtol=1e-5, atol=1e-5)
     assert np.abs(rama.angle_difference(data.extra["phi"], phi[np.r_[0:2500:5, 2500:3000:5]])).max() < 1e-3
+
+
+def test_shipped_cg_dataset_and_reference_agree():
+    """The shipped CG set and (phi, psi) reference are consistent with each other and with physics:
+    stored angles are those of the stored beads, the mapped forces of an isolated molecule sum to
+    zero, the reference's halves and totals are the frame-weighted means of its runs."""
+    import json
+
+    data = load_cg_dataset(ROOT / "training/data/ala2_cg_5bead.npz")
+    ref = json.loads((ROOT / "training/data/ala2_rama_reference.json").read_text())
+    assert data.temperature_K == ref["temperature_K"] == 300.0
+    assert data.beads.numbers.tolist() == [1, 2, 3, 4, 5] and ref["simulated_ns"] >= 1.0
+    phi, psi = rama.bead_phi_psi(data.positions)
+    assert np.abs(rama.angle_difference(phi, data.extra["phi"])).max() < 1e-2
+    assert np.abs(rama.angle_difference(psi, data.extra["psi"])).max() < 1e-2
+    assert np.abs(data.forces.sum(1)).max() < 1e-3 * np.abs(data.forces).max()
+    assert rama.js_divergence(rama.histogram(phi, psi), np.array(ref["histogram"])) < 0.005
+    runs = {r["seed"]: r for r in ref["per_run"]}
+    assert sorted(runs) == sorted(set(data.extra["run"].tolist()))
+    for basin in rama.BASINS:
+        for half in ("A", "B"):
+            group = [runs[s] for s in ref["halves_by_runs"][half]["seeds"]]
+            mean = sum(r["frames"] * r["populations"][basin] for r in group) / sum(r["frames"] for r in group)
+            assert ref["halves_by_runs"][half]["populations"][basin] == pytest.approx(mean)
+        total = sum(r["frames"] * r["populations"][basin] for r in runs.values()) / ref["frames"]
+        assert ref["populations"][basin] == pytest.approx(total)
+        assert abs(rama.populations(phi, psi)[basin] - ref["populations"][basin]) < 0.01
