@@ -1,24 +1,23 @@
 """`CompiledEnergies`: a potential's energy pass compiled by ``torch.compile`` (TorchInductor).
 
-Why: a small molecule's call is bound by per-operation overhead, not arithmetic (PaiNN 128x3 on
-biphenyl, 22 atoms: ~550 tensor operations per energy+forces call). Inductor fuses the elementwise
-work of :meth:`~ase_eqgnn.models.potential.Potential.atom_energies` and of its backward pass into
-generated C++ (CPU) or Triton (GPU) kernels. On the 2-core CPU (A/B in one process, and the
-``ours-*-compiled`` workers of ``benchmarks/calculator.py``) PaiNN calls took 0.55-0.8x and ``tp``
-calls 0.23-0.5x the eager time on biphenyl, a 96-atom water cluster and 108 Cu atoms; at 864 Cu
-atoms, where arithmetic and memory traffic dominate, nothing was gained. Opt-in: the compile costs
-more than a short run saves.
+Why: a small molecule's call is bound by per-operation overhead, not arithmetic (hundreds of small
+tensor operations per energy+forces call). Inductor fuses the elementwise work of
+:meth:`~ase_eqgnn.models.potential.Potential.atom_energies` and of its backward pass into generated
+C++ (CPU) or Triton (GPU) kernels. It pays on molecules and systems of about a hundred atoms, most for
+``tp``'s many small tensor-product steps; where arithmetic and memory traffic dominate (large
+systems) it gains nothing (measurements: ``docs/benchmarks.md``). Opt-in: the compile costs more
+than a short run saves.
 
-What it costs: the first call compiles (tens of seconds on 2 cores; Inductor caches the result on
-disk, so a later process with the same model takes a few seconds). The numbers of atoms and pairs
+What it costs: the first call compiles (tens of seconds; Inductor caches the result on disk, so a
+later process with the same model compiles faster). The numbers of atoms and pairs
 are declared dynamic, so MD does not recompile as they change; another neighbour layout (a molecule
-that stops being "dense", see :class:`~ase_eqgnn.models.blocks.Neighborhoods`), a first stress
+that stops being "dense", see :mod:`ase_eqgnn.models.layouts`), a first stress
 call, or a layout width that changes for the first time compiles once more. Only the first
 derivative goes through the compiled code: training with a force loss (second derivatives)
 evaluates eagerly.
 
-The neighbour layout is built outside the compiled function (it reads sizes back to the host), by
-:meth:`Potential.forward`, which takes this object as ``energy_fn``.
+The neighbourhood is built outside the compiled function (a padded layout reads sizes back to the
+host), by :meth:`Potential.forward`, which takes this object as ``energy_fn``.
 
 Example
 -------
@@ -46,17 +45,17 @@ class CompiledEnergies:
 
     def __call__(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                  batch: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
-                 strain: Optional[torch.Tensor] = None, layout: Any = None) -> torch.Tensor:
+                 strain: Optional[torch.Tensor] = None, neighborhood: Any = None) -> torch.Tensor:
         # The numbers of atoms and pairs, and the layout's sizes, change from call to call in MD:
         # declared dynamic, they do not recompile the function (which would take seconds each).
         for tensor in (species, positions, batch, shifts):
             torch._dynamo.maybe_mark_dynamic(tensor, 0)
         torch._dynamo.maybe_mark_dynamic(edge_index, 1)
-        for value in vars(layout).values() if layout is not None else ():
+        for value in vars(neighborhood).values() if neighborhood is not None else ():
             if isinstance(value, torch.Tensor):
-                for dim in range(min(value.dim(), 2)):  # (a padded layout's R and M: its _sizes)
+                for dim in range(min(value.dim(), 2)):  # (R and M of a padded layout: its _sizes)
                     torch._dynamo.maybe_mark_dynamic(value, dim)
-        return self._fn(species, positions, cell, batch, edge_index, shifts, strain, layout)
+        return self._fn(species, positions, cell, batch, edge_index, shifts, strain, neighborhood)
 
 
 __all__ = ["CompiledEnergies"]

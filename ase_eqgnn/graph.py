@@ -35,6 +35,7 @@ import torch
 
 from .indexing import gather_rows
 from .neighbors import batched_neighbor_list, image_offsets
+from .neighbors.frame import centring_translations, wrap_counts
 
 
 @dataclass
@@ -116,6 +117,32 @@ class AtomicGraph:
         """A copy with ``edge_index`` and ``shifts`` from the O(N) cell-list neighbour list."""
         i, j, shifts = batched_neighbor_list(self.positions, cutoff, self.batch, self.cell, self.pbc)
         return replace(self, edge_index=torch.stack([i, j]), shifts=shifts)
+
+    def near_origin(self) -> "AtomicGraph":
+        """A copy with every atom moved near the origin and every pair vector unchanged.
+
+        Along periodic directions each atom is wrapped into the cell (its pairs' shifts absorb the
+        whole lattice vectors it moved by); along the others each connected piece of the graph is
+        centred on the origin (pieces no pair links may move apart freely). Done in float64: a
+        float32 copy of the result (``.to(dtype=torch.float32)``) then resolves distances to the
+        size of the system rather than to its distance from the origin. Needs the edges
+        (:meth:`with_neighbors`).
+        """
+        if self.edge_index is None:
+            raise ValueError("near_origin needs the neighbour list: call with_neighbors(cutoff) first")
+        cell = self.cell.detach().cpu().to(torch.float64).numpy()
+        pbc = self.pbc.detach().cpu().numpy()
+        pos = self.positions.detach().to(torch.float64)
+        batch = None if self.num_graphs == 1 else self.batch
+        wrap = wrap_counts(pos, cell, pbc, batch)
+        shifts = self.shifts
+        if bool(wrap.any()):
+            cell64 = self.cell.detach().to(torch.float64)
+            pos = pos - image_offsets(wrap, cell64, batch)
+            i, j = self.edge_index
+            shifts = shifts + wrap.index_select(0, j) - wrap.index_select(0, i)
+        pos = pos - centring_translations(pos, self.edge_index, cell, pbc, batch)
+        return replace(self, positions=pos.to(self.positions.dtype), shifts=shifts)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "AtomicGraph":
         """Move every tensor to ``device``; floating-point tensors also to ``dtype``."""

@@ -4,24 +4,18 @@ Why: torch allocates each CPU tensor with ``malloc``. glibc's malloc serves a la
 fresh ``mmap`` and gives each one back at ``free``, and it returns the free top of its heap to the
 operating system once that exceeds a threshold. A force call allocates and frees the same large
 temporaries every time, so every call touches fresh pages, and the kernel faults and zeroes each
-4 KiB page again. Measured on the 2-core development VM (PaiNN 128x3, float32, 2 threads, median of
-10 calls in one process each):
-
-==========  ===========================  ==================================
-system      page faults per call         ms per energy+forces call
-==========  ===========================  ==================================
-water96     8,500-13,700 -> 0-190        52-62 -> 44-51
-Cu108       18,500-19,800 -> 0           85-96 -> 52-67
-Cu864       359,000-362,000 -> 0-1,100   849-860 -> 336-494
-==========  ===========================  ==================================
+4 KiB page again: on 100-1,000 atoms that was 15-60 % of a call on our 2-core machine
+(``docs/benchmarks.md``).
 
 :func:`keep_freed_memory` sets two documented ``mallopt`` parameters: ``M_MMAP_MAX = 0`` (large
 requests come from the heap too) and ``M_TRIM_THRESHOLD = -1`` (the heap is never trimmed). Freed
 memory then stays with the process and is reused: its resident size stays at its peak, which is what
-an MD run, a relaxation or training wants. It changes the whole process, so it is a call you make
-(``EqGNNCalculator`` and training make it for a CPU device unless told not to, and so do the
-``eqgnn-*`` commands), never something done at import. Where the C library is not glibc (macOS, musl, Windows) it does nothing
-and returns False.
+an MD run, a relaxation or training wants. It changes the whole process, so it is a call the
+process's owner makes: the ``eqgnn-*`` commands make it; a library user asks for it with
+``EqGNNCalculator(keep_freed_memory=True)`` or the training config's ``keep_freed_memory: true``,
+or sets the same two parameters for any program through glibc's environment variables
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1``. It is never done at import. Where the C library is
+not glibc (macOS, musl, Windows) it does nothing and returns False.
 
 Example
 -------

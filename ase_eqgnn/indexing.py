@@ -9,9 +9,8 @@ function               maths
 
 Eagerly these are ``index_select`` and ``index_add``. While ``torch.compile`` traces them they are
 custom operators, which Inductor calls as they are instead of generating code: on the CPU it turns a
-scatter-add (the gradient of every gather) into a loop of atomic adds. In PaiNN's backward pass on
-108 Cu atoms four such kernels took 9-12 ms each, and the compiled call was slower than the eager
-one (56 vs 50 ms, 2 threads); with these operators it took 38-40 ms.
+scatter-add (the gradient of every gather) into a loop of atomic adds, slow enough to make a compiled
+PaiNN call slower than the eager one (``docs/benchmarks.md``).
 The custom operators carry their own gradients (each is the other's), so compiled first
 derivatives work; eager code, including training's second derivatives, never sees them.
 

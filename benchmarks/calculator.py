@@ -32,9 +32,10 @@ ours-*-compiled the same with ``EqGNNCalculator(compile=True)`` (torch.compile; 
 
 Ratios are anchor time / our time, so > 1 means ours is faster (for MD: our steps/s / theirs).
 
-Freed memory (``--freed-memory``): EqGNNCalculator has glibc keep the memory torch frees for the next
-call (:mod:`ase_eqgnn.heap`); the anchors' calculators leave malloc as it is, so by default each
-tool runs as shipped. ``keep`` applies the same setting to every tool (the anchors gain from it too:
+Freed memory (``--freed-memory``): our worker asks EqGNNCalculator to have glibc keep the memory
+torch frees for the next call (``keep_freed_memory=True``, :mod:`ase_eqgnn.heap`), as the ``eqgnn-*``
+commands do; the anchors' calculators leave malloc as it is, so by default each tool runs as its
+command-line tools ship. ``keep`` applies the same setting to every tool (the anchors gain from it too:
 SchNetPack's Cu864 call faulted ~950,000 fresh pages per call without it), ``return`` to none.
 
 Each tool runs in its own subprocess (``benchmarks/anchors/<tool>.py``, which prints one JSON line),

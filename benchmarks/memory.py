@@ -5,7 +5,7 @@
 
 For each model (benchmark sizes: PaiNN 128x3 with 20 radial functions, ``tp`` l_max 1, 4 x 32) and
 periodic fcc Cu system (a = 3.6 Å, cutoff 5 Å, float32, random weights, the model called on a graph
-built once; on the CPU with freed memory kept, as the calculator does), three settings of ``ase_eqgnn.models.blocks.LEAN_GATHER_BYTES``:
+built once; on the CPU with freed memory kept, as the calculator does), three settings of ``ase_eqgnn.models.layouts.LEAN_GATHER_BYTES``:
 
 - ``plain``: every gathered neighbour copy is kept for the backward pass (threshold out of reach);
 - ``default``: the shipped threshold (copies from 256 MiB on are gathered again in the backward);
@@ -32,10 +32,10 @@ from ase.build import bulk
 
 from ase_eqgnn.graph import AtomicGraph
 from ase_eqgnn.heap import keep_freed_memory
-from ase_eqgnn.models import blocks, build_model
+from ase_eqgnn.models import build_model, layouts
 
 HPARAMS = {"painn": dict(features=128, layers=3, n_radial=20), "tp": dict(l_max=1, layers=4, features=32)}
-SETTINGS = {"plain": 2**62, "default": blocks.LEAN_GATHER_BYTES, "lean": 0}
+SETTINGS = {"plain": 2**62, "default": layouts.LEAN_GATHER_BYTES, "lean": 0}
 CUTOFF = 5.0
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":
-        keep_freed_memory()  # as EqGNNCalculator and training do on the CPU
+        keep_freed_memory()  # as the eqgnn-* commands do (the calculator on request)
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -92,11 +92,11 @@ def main() -> None:
             peaks = {k: 0 for k in SETTINGS}
             try:
                 for setting, threshold in SETTINGS.items():
-                    blocks.LEAN_GATHER_BYTES = threshold
+                    layouts.LEAN_GATHER_BYTES = threshold
                     result[f"saved_mib_{setting}"] = round(saved_mib(model, graph), 1)
                 for _ in range(max(1, args.repeats)):
                     for setting, threshold in SETTINGS.items():
-                        blocks.LEAN_GATHER_BYTES = threshold
+                        layouts.LEAN_GATHER_BYTES = threshold
                         if device.type == "cuda":
                             torch.cuda.reset_peak_memory_stats(device)
                         times[setting].append(timed_call(model, graph, device))
@@ -105,7 +105,7 @@ def main() -> None:
             except torch.cuda.OutOfMemoryError as err:  # report, go on with the next size
                 result["error"] = f"out of memory: {err}"
             finally:
-                blocks.LEAN_GATHER_BYTES = SETTINGS["default"]
+                layouts.LEAN_GATHER_BYTES = SETTINGS["default"]
             for setting in SETTINGS:
                 if times[setting]:
                     result[f"ms_{setting}"] = round(statistics.median(times[setting]), 1)

@@ -42,7 +42,7 @@ def thermalised_langevin(atoms, model: str, temperature_K: float, timestep_fs: f
                           seed: int) -> Langevin:
     """Bundled potential ``model`` (float32) on ``atoms``, thermal velocities and ``run_md``'s
     Langevin NVT (friction 0.01/fs) sharing the seeded generator."""
-    atoms.calc = EqGNNCalculator.from_pretrained(model, dtype="float32")
+    atoms.calc = EqGNNCalculator.from_pretrained(model, dtype="float32", keep_freed_memory=True)
     rng = np.random.default_rng(seed)
     thermalize(atoms, temperature_K, rng)
     return langevin_nvt(atoms, timestep_fs, temperature_K, 0.01, rng)
@@ -99,7 +99,7 @@ def ala2_stability(ps: float, nve_ps: float, seed: int = 0) -> dict:
     }
     # NVE in float64 from the last Langevin state
     if broken_at is None and nve_ps > 0:
-        atoms.calc = EqGNNCalculator.from_pretrained("ala2", dtype="float64")
+        atoms.calc = EqGNNCalculator.from_pretrained("ala2", dtype="float64", keep_freed_memory=True)
         nve = VelocityVerlet(atoms, 0.5 * units.fs)
         times, energies = [], []
         n = int(round(nve_ps * 1000 / 0.5))

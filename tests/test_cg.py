@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import mdtraj as md
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from ase_eqgnn.cg import maps as cgmaps
 from ase_eqgnn.cg.backmap import (BackMapper, evaluate_model, load_checkpoint, model_from_checkpoint,
                                   read_cg, save_checkpoint, write_all_atom)
+from ase_eqgnn.checkpoint import CheckpointError, CheckpointWarning, payload_digest, write_checkpoint
 from ase_eqgnn.cg.losses import GeometryTerms, angle_triplets, heavy_reconstruction_loss, kl_divergence
 from ase_eqgnn.cg.metrics import (bond_graph, clash_mask, diversity, evaluate_backmapping,
                                   graph_edit_ratio, has_clash)
@@ -202,7 +204,10 @@ def test_checkpoint_round_trip_and_errors(ala2, tmp_path):
     model, path = _mapper(ala2, tmp_path)
     ckpt = torch.load(path, weights_only=True)  # plain data only
     assert isinstance(ckpt["cg_map"], str) and isinstance(ckpt["topology_pdb"], str)
-    loaded, meta = model_from_checkpoint(load_checkpoint(path))
+    assert ckpt["version"] == 2 and ckpt["sha256"] == payload_digest(ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a current file loads without any warning
+        loaded, meta = model_from_checkpoint(load_checkpoint(path))
     x = torch.tensor(ala2[0][:3], dtype=torch.float32)
     assert torch.allclose(loaded.reconstruct(x), model.reconstruct(x), atol=1e-6)
     mapper = BackMapper.load(path)
@@ -210,14 +215,175 @@ def test_checkpoint_round_trip_and_errors(ala2, tmp_path):
     assert mapper.topology.n_bonds == ala2[1].n_bonds
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="corrupt.pt.*truncated, corrupt"):
         load_checkpoint(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(ValueError, match="not an ase_eqgnn back-mapping"):
+    with pytest.raises(CheckpointError, match="not an ase_eqgnn back-mapping"):
         load_checkpoint(foreign)
+    potential = tmp_path / "potential.pt"
+    from ase_eqgnn import build_model, save_model
+    save_model(build_model("egnn", ["H"], 3.0, features=4, layers=1), potential)
+    with pytest.raises(CheckpointError, match="not an ase_eqgnn back-mapping"):
+        BackMapper.load(potential)
     with pytest.raises(ValueError, match="does not exist"):
         BackMapper.load(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="missing.pt.*does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def _reseal(path, target, edit, seal=True):
+    """A copy of back-mapping file ``path`` changed by ``edit(dict)``, re-sealed as a forger would
+    (``seal=False``: the old digest is kept)."""
+    raw = torch.load(path, weights_only=True)
+    edit(raw)
+    if seal:
+        write_checkpoint(raw, target)
+    else:
+        torch.save(raw, target)
+    return target
+
+
+def _json_edit(key, fn):
+    def edit(raw):
+        data = json.loads(raw[key])
+        fn(data)
+        raw[key] = json.dumps(data)
+    return edit
+
+
+def test_checkpoint_flipped_bytes_and_edits_are_detected(ala2, tmp_path):
+    model, path = _mapper(ala2, tmp_path)
+    data = bytearray(path.read_bytes())
+    weight = model.state_dict()["coef_head.0.weight"]  # 16 x 16 float32: 1 kB
+    start = data.find(weight.numpy().tobytes())
+    assert start > 0
+    for k in range(start + 256, start + 320):  # 64 bytes inside the weights
+        data[k] ^= 0xFF
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(damaged, weights_only=True)["model_state"]["coef_head.0.weight"],
+                           weight)  # torch reads it without complaint
+    with pytest.raises(CheckpointError, match="damaged.pt.*SHA-256 digest"):
+        BackMapper.load(damaged)
+    # entries outside the weights are covered too: the text, and a trainer's extra state
+    edited = _reseal(path, tmp_path / "edited.pt",
+                     _json_edit("meta", lambda m: m.update(elements=["H"] * 22)), seal=False)
+    with pytest.raises(CheckpointError, match="edited.pt.*digest"):
+        load_checkpoint(edited)
+    save_checkpoint(tmp_path / "last.pt", model, ala2[1], json.loads(torch.load(
+        path, weights_only=True)["meta"]), extra={"optimizer": torch.optim.AdamW(
+            model.parameters()).state_dict(), "rng_torch": torch.get_rng_state(), "epoch": 3})
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+    stale = _reseal(tmp_path / "last.pt", tmp_path / "stale.pt",
+                    lambda raw: raw.update(rng_torch=raw["rng_torch"].flip(0)), seal=False)
+    with pytest.raises(CheckpointError, match="stale.pt.*digest"):
+        load_checkpoint(stale)
+    stripped = _reseal(path, tmp_path / "stripped.pt", lambda raw: raw.pop("sha256"), seal=False)
+    with pytest.raises(CheckpointError, match="stripped.pt.*no valid integrity digest"):
+        load_checkpoint(stripped)
+
+
+def test_checkpoint_of_the_old_format_loads_with_one_warning(ala2, tmp_path):
+    """Version 1 (before the digest): the old layout, written by hand."""
+    model, path = _mapper(ala2, tmp_path)
+    raw = torch.load(path, weights_only=True)
+    old = {k: raw[k] for k in ("format", "model_config", "cg_map", "topology_pdb", "meta",
+                               "model_state")}
+    old["version"] = 1
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.warns(CheckpointWarning) as record:
+        mapper = BackMapper.load(tmp_path / "old.pt")
+    assert len(record) == 1 and "old.pt" in str(record[0].message)
+    assert "no integrity digest" in str(record[0].message)
+    x = np.asarray(ala2[0][:2])
+    np.testing.assert_array_equal(mapper.reconstruct(x), BackMapper.load(path).reconstruct(x))
+
+
+@pytest.fixture
+def vae_builds(monkeypatch):
+    """Records, for every BackmapVAE built while loading, where its tensors would be allocated."""
+    import ase_eqgnn.cg.backmap as backmap
+
+    calls = []
+
+    class Spy(BackmapVAE):
+        def __init__(self, *args, **kwargs):
+            calls.append(torch.empty(1).device.type)  # "meta" inside the shape probe
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(backmap, "BackmapVAE", Spy)
+    return calls
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"features": 6000}, "features must be an integer in"), ({"features": 10**9}, "features"),
+    ({"n_rbf": 0}, "n_rbf"), ({"atom_cutoff": float("nan")}, "atom_cutoff"),
+    ({"cg_cutoff": 1e9}, "cg_cutoff"), ({"cg_cutoff": 10**400}, "cg_cutoff"),
+    ({"latent_dim": "16"}, "latent_dim"),
+    ({"logvar_min": 10.0}, "logvar_min"), ({"encoder_bead_links": "all"}, "encoder_bead_links"),
+    ({"decoder_layers": 10**6}, "decoder_layers"), ({"dropout": 0.1}, "unknown model config keys")])
+def test_checkpoint_config_out_of_bounds_is_refused_before_building(ala2, tmp_path, vae_builds,
+                                                                     change, message):
+    _, path = _mapper(ala2, tmp_path)
+    tampered = _reseal(path, tmp_path / "tampered.pt",
+                       _json_edit("model_config", lambda c: c.update(change)))
+    with pytest.raises(CheckpointError, match=f"tampered.pt.*{message}"):
+        BackMapper.load(tampered)
+    assert vae_builds == []
+
+
+def test_checkpoint_config_that_disagrees_with_the_weights_is_caught_on_meta(ala2, tmp_path, vae_builds):
+    _, path = _mapper(ala2, tmp_path)  # features 16
+    tampered = _reseal(path, tmp_path / "tampered.pt",
+                       _json_edit("model_config", lambda c: c.update(features=64)))
+    with pytest.raises(CheckpointError, match="tampered.pt.*shape .* the config implies"):
+        BackMapper.load(tampered)
+    assert vae_builds == ["meta"]  # only the shape probe ran, which allocates nothing
+    vae_builds.clear()
+    huge = _reseal(path, tmp_path / "huge.pt", _json_edit("model_config", lambda c: c.update(
+        features=1024, decoder_layers=32)))  # each within its bounds, too large as a whole
+    with pytest.raises(CheckpointError, match="huge.pt.*more than the 50,000,000"):
+        BackMapper.load(huge)
+    assert vae_builds == ["meta"]
+
+
+@pytest.mark.parametrize("key, edit, message", [
+    ("cg_map", lambda m: m.update(assignment=list(range(2001))), "1 to 2000 atoms"),
+    ("cg_map", lambda m: m.update(assignment=[0] * 22), "anchors"),
+    ("cg_map", lambda m: m.update(kind="blob"), "kind"),
+    ("meta", lambda m: m.update(bonds=[[0, 99]]), "bonds"),
+    ("meta", lambda m: m.update(elements=["C"] * 3), "elements"),
+    ("meta", lambda m: m["bead_stats"].update(pairs=[[0, 17]] * len(m["bead_stats"]["pairs"])),
+     "bead_stats"),
+    ("meta", lambda m: m["bead_stats"].update(std=[float("nan")] * len(m["bead_stats"]["std"])),
+     "bead_stats")])
+def test_checkpoint_with_an_impossible_map_or_metadata_is_refused(ala2, tmp_path, key, edit, message):
+    _, path = _mapper(ala2, tmp_path)
+    tampered = _reseal(path, tmp_path / "tampered.pt", _json_edit(key, edit))
+    with pytest.raises(CheckpointError, match=f"tampered.pt.*({message})"):
+        BackMapper.load(tampered)
+
+
+def test_checkpoint_non_finite_weights_and_foreign_topology_are_refused(ala2, tmp_path):
+    _, path = _mapper(ala2, tmp_path)
+
+    def poison(raw):
+        state = dict(raw["model_state"])
+        state["prior_head.2.bias"] = state["prior_head.2.bias"].clone()
+        state["prior_head.2.bias"][0] = float("nan")
+        raw["model_state"] = state
+
+    nan = _reseal(path, tmp_path / "nan.pt", poison)
+    with pytest.raises(CheckpointError, match="nan.pt.*prior_head.2.bias.*NaN or infinite"):
+        BackMapper.load(nan)
+    water = md.Topology()
+    water.add_atom("O", md.element.oxygen, water.add_residue("HOH", water.add_chain()))
+    from ase_eqgnn.cg.backmap import topology_to_pdb_string
+    other = _reseal(path, tmp_path / "other.pt",
+                    lambda raw: raw.update(topology_pdb=topology_to_pdb_string(water)))
+    with pytest.raises(CheckpointError, match="other.pt.*topology has 1 atoms, its CG map 22"):
+        BackMapper.load(other)
 
 
 def test_bead_mismatch_errors(ala2, tmp_path):
@@ -254,51 +420,6 @@ def test_readers_and_writers(ala2, tmp_path):
         np.testing.assert_allclose(back.xyz * 10, xyz[:2], atol=0.02)
     with pytest.raises(ValueError, match="extension"):
         write_all_atom(tmp_path / "aa.txt", xyz[:2], top)
-
-
-# -- training -------------------------------------------------------------------------------------
-def test_trainer_run_dir_and_resume(tmp_path):
-    from ase_eqgnn.cg.train import train_backmap
-
-    cfg = {"traj": [str(ROOT / "training/data/ala2_test.h5")], "max_frames": 24, "batch_size": 12,
-           "val_eval_frames": 4, "model": SMALL.to_dict(), "out": str(tmp_path / "run")}
-    train_backmap(cfg, progress=False, max_epochs=1)
-    run = tmp_path / "run"
-    for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "learning_curve.png"):
-        assert (run / name).is_file(), name
-    first = torch.load(run / "last.pt", weights_only=True)
-    train_backmap(cfg, progress=False, max_epochs=2)
-    second = torch.load(run / "last.pt", weights_only=True)
-    assert first["epoch"] == 1 and second["epoch"] == 2
-    assert len(json.loads(second["history"])) == 2
-    assert len((run / "log.csv").read_text().strip().splitlines()) == 3
-    with pytest.raises(ValueError, match="unknown config key"):
-        train_backmap({**cfg, "learning_rate": 1.0})
-
-
-def test_trainer_init_from_fine_tunes(tmp_path):
-    """A run started with init_from begins at the given weights, with the new loss weights."""
-    from ase_eqgnn.cg.train import train_backmap
-
-    cfg = {"traj": [str(ROOT / "training/data/ala2_test.h5")], "max_frames": 24, "batch_size": 12,
-           "val_eval_frames": 4, "model": SMALL.to_dict()}
-    base = train_backmap({**cfg, "out": str(tmp_path / "base")}, progress=False, max_epochs=1)
-    start = load_checkpoint(base)["model_state"]
-    tuned = train_backmap({**cfg, "out": str(tmp_path / "tuned"), "init_from": str(base), "lr": 1e-12,
-                           "lr_min": 1e-12, "loss": {"sample_heavy_recon": 1.0}},
-                          progress=False, max_epochs=1)
-    end = load_checkpoint(tmp_path / "tuned" / "last.pt")["model_state_raw"]
-    for k, v in start.items():  # a vanishing learning rate: the weights are the ones loaded
-        assert torch.allclose(v, end[k], atol=1e-8), k
-    assert "val_sample_heavy_msd" in (tmp_path / "tuned" / "log.csv").read_text()
-    assert tuned.is_file()
-    with pytest.raises(ValueError, match="model does not match"):
-        train_backmap({**cfg, "out": str(tmp_path / "bad"), "init_from": str(base),
-                       "model": {**SMALL.to_dict(), "features": SMALL.features + 4}},
-                      progress=False, max_epochs=1)
-    with pytest.raises(ValueError, match="CG map differs"):
-        train_backmap({**cfg, "out": str(tmp_path / "bad2"), "init_from": str(base), "map": "residue"},
-                      progress=False, max_epochs=1)
 
 
 def test_sample_heavy_loss_only_counts_heavy_atoms(ala2):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ase import Atoms, units
 from ase.build import bulk, molecule
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from conftest import maxwell_boltzmann
 from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
@@ -124,10 +124,10 @@ def test_calculator_on_cuda_matches_cpu(name, system):
 
 
 def test_painn_regathering_in_the_backward_pass_on_cuda_matches_cpu(monkeypatch):
-    """Neighborhoods.gather_product's custom backward (large systems) on CUDA, forced on Cu108."""
-    from ase_eqgnn.models import blocks
+    """PaddedNeighborhood.gather_product's custom backward (large systems) on CUDA, forced on Cu108."""
+    from ase_eqgnn.models import layouts
 
-    monkeypatch.setattr(blocks, "LEAN_GATHER_BYTES", 0)
+    monkeypatch.setattr(layouts, "LEAN_GATHER_BYTES", 0)
     atoms = systems()["Cu108"]
     model = make_model("painn")
     ref = EqGNNCalculator(model, device="cpu", dtype="float64")
@@ -179,7 +179,7 @@ def test_md_on_cuda_follows_the_cpu_trajectory():
     for device in ("cpu", "cuda"):
         atoms = systems()["Cu108"]
         atoms.calc = EqGNNCalculator(make_model("painn"), device=device, dtype="float64", skin=0.3)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(5))
+        maxwell_boltzmann(atoms, 600, np.random.default_rng(5))
         VelocityVerlet(atoms, 2.0 * units.fs).run(40)
         trajectories[device] = (atoms.positions.copy(), atoms.get_total_energy(),
                                 atoms.calc.neighbors.builds)
@@ -242,7 +242,7 @@ def test_cuda_graph_replays_follow_the_eager_trajectory(name, system):
         calc = EqGNNCalculator(make_model(name), device="cuda", dtype="float64", skin=0.3,
                                cuda_graphs=graphs)
         atoms.calc = calc
-        MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(7))
+        maxwell_boltzmann(atoms, 600, np.random.default_rng(7))
         VelocityVerlet(atoms, 1.0 * units.fs).run(40)
         runs[graphs] = (atoms.positions.copy(), atoms.get_forces(), calc.neighbors.builds)
         if graphs:

@@ -108,7 +108,7 @@ def test_large_periodic_system_and_float32():
 
 @pytest.mark.parametrize("max_padding", [0.0, 1e9])  # always the flat run / always padded rows
 def test_both_candidate_layouts_match_ase(monkeypatch, max_padding):
-    import ase_eqgnn.neighbors as neighbors
+    import ase_eqgnn.neighbors.cell_list as neighbors
 
     monkeypatch.setattr(neighbors, "_MAX_PADDING", max_padding)
     rng = np.random.default_rng(4)
@@ -123,7 +123,7 @@ def test_both_candidate_layouts_match_ase(monkeypatch, max_padding):
 
 
 def test_many_chunks_give_the_same_list(monkeypatch):
-    import ase_eqgnn.neighbors as neighbors
+    import ase_eqgnn.neighbors.cell_list as neighbors
 
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((4, 4, 3))
     atoms.rattle(0.1, seed=5)
@@ -151,7 +151,7 @@ def test_pairs_within_float32_round_off_of_the_cutoff(pbc):
 
 @pytest.mark.parametrize("n_drop", [1, 7, 30, 50])
 def test_dropping_pairs_keeps_every_other_pair(n_drop):
-    from ase_eqgnn.neighbors import _drop
+    from ase_eqgnn.neighbors.screening import drop as _drop
 
     rng = np.random.default_rng(n_drop)
     a, b = torch.randperm(50), torch.arange(50) * 10
@@ -383,3 +383,134 @@ def test_torch_cluster_path_matches_ase():
         expected |= as_set(ii + offset, jj + offset, SS)
         offset += len(m)
     assert as_set(i, j, S) == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs that crash other lists or exhaust memory
+# ------------------------------------------------------------------------------------------------
+_FALLBACK_SCRIPT = r"""
+import numpy as np, torch
+from ase_eqgnn.neighbors import VerletList, neighbor_list, vesin_neighbor_list
+
+def key(r):
+    return sorted(zip(r[0].tolist(), r[1].tolist(), map(tuple, r[2].tolist())))
+
+rng = np.random.default_rng(0)
+box = torch.eye(3, dtype=torch.float64) * 5
+cluster = rng.random((12, 3)) * 5
+away = np.zeros((12, 3))
+cases = {  # (positions, cell, pbc): vesin-torch 0.6 dies with SIGFPE on each of these
+    "atom 1e6 A away": (cluster + (away + [1e6, 0, 0]) * (np.arange(12) == 0)[:, None], None, None),
+    "flat cloud 1e4 A wide": (np.c_[rng.random((12, 2)) * 1e4, np.zeros(12)], None, None),
+    "slab, atom 1e6 A above": (cluster + (away + [0, 0, 1e6]) * (np.arange(12) == 0)[:, None], box,
+                               [True, True, False]),
+    "no atoms": (np.zeros((0, 3)), None, None),
+}
+for name, (pos, cell, pbc) in cases.items():
+    pos = torch.tensor(pos, dtype=torch.float64)
+    got = vesin_neighbor_list(pos, 3.0, cell, pbc)
+    assert key(got) == key(neighbor_list(pos, 3.0, cell, pbc)), name
+    auto = VerletList(3.0, skin=0.5, backend="auto")(pos, cell, pbc)
+    assert key(auto) == key(neighbor_list(pos, 3.0, cell, pbc)), name
+print("survived")
+"""
+
+
+@pytest.mark.skipif(not __import__("ase_eqgnn.neighbors").neighbors.vesin_available(),
+                    reason="vesin-torch not installed")
+def test_inputs_that_kill_vesin_go_to_the_cell_list():
+    # In a subprocess: a crash there fails this test instead of killing pytest.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0 and "survived" in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
+def test_vesin_grid_fits_matches_vesins_grid_cap():
+    from ase_eqgnn.neighbors.backends import vesin_grid_fits
+
+    cube = torch.rand(10, 3, dtype=torch.float64) * 100  # 33^3 cells: within the cap
+    no_cell, no_pbc = np.zeros((3, 3)), np.zeros(3, dtype=bool)
+    assert vesin_grid_fits(cube, 3.0, no_cell, no_pbc)
+    line = torch.zeros(2, 3, dtype=torch.float64)
+    line[1, 0] = 1e6  # 333,333 x 1 x 1 cells
+    assert not vesin_grid_fits(line, 3.0, no_cell, no_pbc)
+    # periodic directions count the cell, not the atoms
+    assert not vesin_grid_fits(cube, 3.0, np.diag([1e4, 1e4, 5.0]), np.ones(3, dtype=bool))
+    assert vesin_grid_fits(cube, 3.0, np.diag([30.0, 30.0, 30.0]), np.ones(3, dtype=bool))
+    # nor cells so thin that atoms meet thousands of images (vesin grows its list until it fails)
+    assert not vesin_grid_fits(cube, 3.0, np.eye(3) * 0.01, np.ones(3, dtype=bool))
+    assert vesin_grid_fits(cube, 6.0, np.eye(3) * 2.0, np.ones(3, dtype=bool))  # 7^3 images
+
+
+def test_cluster_with_a_far_atom_matches_ase():
+    cluster = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    cluster.pbc = False
+    cluster.rattle(0.05, seed=4)
+    for far in (1e6, 1e9):
+        atoms = cluster.copy()
+        atoms.positions[0] += [far, -far / 3, 0.0]
+        assert_same_as_ase(atoms, 4.0)
+
+
+def test_cells_far_thinner_than_the_cutoff_are_refused_cleanly():
+    rng = np.random.default_rng(0)
+    pos = torch.tensor(rng.random((10, 3)) * 0.01)
+    with pytest.raises(ValueError, match="thinner than the cutoff"):
+        neighbor_list(pos, 3.0, torch.eye(3) * 0.01, True)
+    # a 1-D chain of period 0.001 Å: 6,000 images of every atom within the cutoff
+    with pytest.raises(ValueError, match="neighbours per atom"):
+        neighbor_list(torch.tensor(rng.random((5, 3))), 3.0, torch.eye(3) * 0.001, [True, False, False])
+
+
+def test_piles_of_overlapping_atoms_are_refused_before_memory_runs_out():
+    pile = torch.tensor(np.random.default_rng(0).random((30_000, 3)))  # 30,000 atoms in 1 Å^3
+    with pytest.raises(ValueError, match="neighbours per atom"):
+        neighbor_list(pile, 3.0)
+    small = torch.tensor(np.random.default_rng(1).random((300, 3)))  # dense, but a valid list
+    assert neighbor_list(small, 3.0)[0].numel() == 300 * 299
+
+
+def test_coordinates_beyond_float64_resolution_are_refused():
+    with pytest.raises(ValueError, match="from the origin"):
+        neighbor_list(torch.tensor([[0.0, 0, 0], [1e12, 0, 0]]), 3.0)
+    with pytest.raises(ValueError, match="lattice vector"):
+        neighbor_list(torch.zeros(2, 3), 3.0, torch.eye(3) * 1e12, True)
+    # a huge cell along a non-periodic direction is ignored, as it should be
+    assert neighbor_list(torch.zeros(2, 3), 3.0, torch.eye(3) * 1e12, False)[0].numel() == 2
+
+
+def test_integer_positions_and_bad_lengths():
+    atoms = Atoms("H4", positions=[[0, 0, 0], [1, 0, 0], [0, 2, 0], [3, 3, 3]])
+    got = neighbor_list(torch.tensor([[0, 0, 0], [1, 0, 0], [0, 2, 0], [3, 3, 3]]), 2.5)
+    assert as_set(*got) == as_set(*ase_neighbor_list("ijS", atoms, 2.5))
+    for skin in (float("nan"), float("inf"), -0.1, "wide", True):
+        with pytest.raises(ValueError, match="skin"):
+            VerletList(2.0, skin=skin)
+    with pytest.raises(ValueError, match="cutoff"):
+        neighbor_list(torch.zeros(2, 3), True)
+
+
+def test_near_origin_keeps_every_pair_vector():
+    from ase_eqgnn.graph import AtomicGraph, edge_vectors
+
+    rng = np.random.default_rng(5)
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    cu.positions += rng.normal(scale=0.1, size=cu.positions.shape) + [7e5, -3e5, 2e5]
+    slab = cu.copy()
+    slab.pbc = (True, False, True)
+    pieces = molecule("CH3CH2OH")
+    pieces.positions += [-4e5, 1e5, 9e5]
+    far = molecule("H2O")
+    far.positions += [3e6, 0, 0]
+    pieces += far  # two pieces no pair links, 3e6 Å apart
+    graphs = [AtomicGraph.from_atoms(a) for a in (cu, slab, pieces)]
+    for graph in graphs + [AtomicGraph.collate(graphs)]:
+        graph = graph.with_neighbors(3.0)
+        moved = graph.near_origin()
+        before = edge_vectors(graph.positions, graph.cell, graph.batch, graph.edge_index, graph.shifts)
+        after = edge_vectors(moved.positions, moved.cell, moved.batch, moved.edge_index, moved.shifts)
+        assert torch.allclose(before, after, atol=1e-9, rtol=0)
+        assert float(moved.positions.abs().max()) < 20.0  # every atom near the origin

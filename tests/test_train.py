@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -119,6 +120,38 @@ def test_cosine_schedule_follows_the_time_budget():
     assert untimed.lambda_lr.optimizer.param_groups[0]["lr"] > 0.99
 
 
+def test_resumed_cosine_follows_a_raised_budget():
+    """Raising max_epochs or max_time on resume gives the learning rate a run started with it has."""
+    def sgd():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    one_go = sgd()
+    one_go_sched = EpochScheduler(one_go, "cosine", lr=1.0, max_epochs=4, min_lr=0.0)
+    one_go.step()
+    one_go_sched.step(0, 0.0)
+    short = sgd()
+    short_sched = EpochScheduler(short, "cosine", lr=1.0, max_epochs=1, min_lr=0.0)
+    short.step()
+    short_sched.step(0, 0.0)
+    assert short.param_groups[0]["lr"] == pytest.approx(0.0)  # its one-epoch schedule has ended
+    resumed = sgd()
+    resumed.load_state_dict(short.state_dict())
+    EpochScheduler(resumed, "cosine", lr=1.0, max_epochs=4, min_lr=0.0).load_state_dict(
+        short_sched.state_dict(), elapsed=1.0)
+    expected = 0.5 * (1 + math.cos(math.pi / 4))
+    assert resumed.param_groups[0]["lr"] == pytest.approx(one_go.param_groups[0]["lr"]) == pytest.approx(expected)
+
+    timed = sgd()
+    timed_sched = EpochScheduler(timed, "cosine", lr=1.0, max_epochs=1000, min_lr=0.0, max_time=100.0)
+    timed.step()
+    timed_sched.step(0, 0.0, elapsed=50.0)
+    longer = sgd()
+    longer.load_state_dict(timed.state_dict())
+    EpochScheduler(longer, "cosine", lr=1.0, max_epochs=1000, min_lr=0.0, max_time=200.0).load_state_dict(
+        timed_sched.state_dict(), elapsed=50.0)  # a quarter of the new budget used
+    assert longer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ data
 def test_e0_least_squares_recovers_known_values():
     rng = np.random.default_rng(0)
@@ -144,12 +177,19 @@ def test_e0_least_squares_recovers_known_values():
 def test_cached_graphs_match_fresh_neighbour_lists(cu_file):
     from ase_eqgnn.graph import AtomicGraph
 
+    from ase_eqgnn.graph import edge_vectors
+
+    def pairs(g):  # (i, j, r_ij rounded): what the model sees
+        vec = edge_vectors(g.positions, g.cell, g.batch, g.edge_index, g.shifts)
+        return {(int(i), int(j), *np.round(v.tolist(), 8)) for (i, j), v in zip(g.edge_index.T, vec)}
+
     frames = read_dataset(cu_file, index=":5")
     for f, s in zip(frames, build_samples(frames, cutoff=3.0, chunk=2)):
         g = AtomicGraph.from_arrays(f.positions, f.numbers, f.cell, f.pbc).with_neighbors(3.0)
-        fresh = {(int(i), int(j), *map(int, t)) for (i, j), t in zip(g.edge_index.T, g.shifts)}
-        cached = {(int(i), int(j), *map(int, t)) for (i, j), t in zip(s.graph.edge_index.T, s.graph.shifts)}
-        assert fresh == cached
+        assert pairs(g) == pairs(s.graph)
+        # cached positions are wrapped into the cell: the same atoms up to whole lattice vectors
+        frac = np.linalg.solve(f.cell.T, (s.graph.positions.numpy() - f.positions).T)
+        np.testing.assert_allclose(frac, np.round(frac), atol=1e-9)
 
 
 def test_batches_are_sharded_and_deterministic():
@@ -380,3 +420,21 @@ def test_torchrun_two_processes_match_one(cu_file, tmp_path):
     for ra, rb in zip(a["history"], b["history"]):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-6)
         assert rb["forces_mae"] == pytest.approx(ra["forces_mae"], rel=1e-6)
+
+
+def test_training_on_the_reference_layout_gives_the_same_run(cu_file, tmp_path):
+    """layout="reference" (the plain edge list) trains the same model as the fast layout: the same
+    losses and weights after two epochs, up to float64 round-off."""
+    results = {}
+    for layout in ("auto", "reference"):
+        out = tmp_path / layout
+        hp = {"features": 8, "layers": 2, "n_radial": 4}
+        result = train(tiny_config(cu_file, out, max_epochs=2, layout=layout, hparams=hp))
+        results[layout] = (result, _final_state(out))
+    (ra, sa), (rb, sb) = results["auto"], results["reference"]
+    for row_a, row_b in zip(ra.history, rb.history):
+        assert row_a["train_loss"] == pytest.approx(row_b["train_loss"], rel=1e-9)
+    for k in sa["model"]:
+        torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="layout must be one of auto, reference"):
+        TrainConfig(layout="padded")

@@ -2,13 +2,17 @@
 
 Checkpoint format (a ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``)::
 
-    format        "ase_eqgnn-backmap"         version   1
+    format        "ase_eqgnn-backmap"         version   2
     model_config  JSON of BackmapConfig       cg_map    JSON of CGMap
     topology_pdb  the all-atom topology as PDB text
     meta          JSON: elements, bonds, bead-distance statistics, metrics, training data
     model_state   state_dict (EMA weights in best.pt and bundled files)
+    sha256        digest of all the other entries (:mod:`ase_eqgnn.checkpoint`)
 
 plus, in a trainer's ``last.pt``, the optimizer/EMA/RNG state (see :mod:`ase_eqgnn.cg.train`).
+Version 1 files (no digest) load with one warning. Files are read and written by the package's one
+checkpoint module and checked as untrusted input before the model is built (:func:`load_checkpoint`):
+every problem is a :class:`~ase_eqgnn.checkpoint.CheckpointError` naming the file.
 Units: Å everywhere (mdtraj's nm are converted on reading and writing).
 """
 
@@ -23,7 +27,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_torch_save
+from ..checkpoint import (MAX_PARAMETERS, CheckpointError, FileKind, check_finite,
+                          check_state_shapes, probe_state_shapes, read_checkpoint, write_checkpoint)
 from .maps import CGMap
 from .model import BackmapConfig, BackmapVAE
 
@@ -32,11 +37,18 @@ __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoin
            "write_all_atom", "bead_distance_stats", "WRITABLE"]
 
 FORMAT = "ase_eqgnn-backmap"
-VERSION = 1
+#: 1: the layout above without a digest; 2: sealed with a SHA-256 digest.
+VERSION = 2
+BACKMAP_FILE = FileKind(format=FORMAT, version_key="version", version=VERSION, sealed_since=2,
+                        what="back-mapping model file",
+                        writer="eqgnn-train-backmap (ase_eqgnn.cg.train)")
+#: Most atoms a back-mapping model file may describe: the encoder graph is built from dense
+#: n_atoms x n_atoms arrays.
+MAX_ATOMS = 2000
 WRITABLE = (".pdb", ".dcd", ".xtc", ".h5", ".hdf5")
 
 
-# -- checkpoints (written atomically by the package's one atomic_torch_save) ---------------------
+# -- checkpoints (the package's one checkpoint module reads, verifies and writes them) ------------
 def topology_to_pdb_string(topology) -> str:
     """The topology as PDB text (zero coordinates; bonds by residue templates and CONECT)."""
     import mdtraj as md
@@ -60,7 +72,8 @@ def topology_from_pdb_string(text: str):
 
 def save_checkpoint(path: Union[str, Path], model: BackmapVAE, topology, meta: Dict,
                     state: Optional[Dict] = None, extra: Optional[Dict] = None) -> None:
-    """Write a back-mapping checkpoint atomically (``state`` replaces the model's state_dict)."""
+    """Write a back-mapping checkpoint, sealed and atomically (``state`` replaces the model's
+    state_dict; ``extra``: more entries, e.g. a trainer's optimizer state)."""
     ckpt = {"format": FORMAT, "version": VERSION,
             "model_config": json.dumps(model.config.to_dict()),
             "cg_map": model.cg_map.to_json(),
@@ -68,32 +81,98 @@ def save_checkpoint(path: Union[str, Path], model: BackmapVAE, topology, meta: D
             "meta": json.dumps(meta),
             "model_state": state if state is not None else model.state_dict()}
     ckpt.update(extra or {})
-    atomic_torch_save(ckpt, path)
+    write_checkpoint(ckpt, path)
+
+
+def _parse(ckpt: Dict, where: str) -> Tuple[BackmapConfig, CGMap, np.ndarray, Dict]:
+    """Config, CG map, bonds and metadata of a checkpoint dict, each checked for sense."""
+    for key in ("model_config", "cg_map", "topology_pdb", "meta"):
+        if not isinstance(ckpt.get(key), str):
+            raise CheckpointError(f"{where} has no {key} text; the file is damaged")
+    try:
+        config = json.loads(ckpt["model_config"])
+        cg = json.loads(ckpt["cg_map"])
+        meta = json.loads(ckpt["meta"])
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{where} has unreadable JSON ({err}); the file is damaged") from None
+    if not all(isinstance(x, dict) for x in (config, cg, meta)):
+        raise CheckpointError(f"{where}: model_config, cg_map and meta must be JSON objects")
+    assignment = cg.get("assignment")
+    if not isinstance(assignment, list) or not 0 < len(assignment) <= MAX_ATOMS:
+        raise CheckpointError(f"{where}: the CG map must assign 1 to {MAX_ATOMS} atoms to beads")
+    try:
+        cfg = BackmapConfig.from_dict(config)
+        cg_map = CGMap.from_dict(cg)
+        bonds = np.asarray(meta.get("bonds", []))
+        if bonds.size == 0:
+            bonds = np.zeros((0, 2), dtype=np.int64)
+        if bonds.ndim != 2 or bonds.shape[1] != 2 or bonds.dtype.kind not in "iu" \
+                or bonds.min(initial=0) < 0 or bonds.max(initial=0) >= cg_map.n_atoms:
+            raise ValueError(f"meta: bonds must be pairs of atom indices 0..{cg_map.n_atoms - 1}")
+        elements = meta.get("elements")
+        if elements is not None and (not isinstance(elements, list) or len(elements) != cg_map.n_atoms
+                                     or not all(isinstance(e, str) for e in elements)):
+            raise ValueError(f"meta: elements must list {cg_map.n_atoms} element symbols")
+        _check_bead_stats(meta.get("bead_stats"), cg_map.n_beads)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{where} is invalid: {err}") from None
+    return cfg, cg_map, bonds.astype(np.int64), meta
+
+
+def _check_bead_stats(stats, n_beads: int) -> None:
+    if not stats:
+        return
+    pairs = np.asarray(stats.get("pairs", []))
+    mean, std = np.asarray(stats.get("mean", []), float), np.asarray(stats.get("std", []), float)
+    if pairs.size == 0:
+        return
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype.kind not in "iu" or pairs.min() < 0 \
+            or pairs.max() >= n_beads or mean.shape != (len(pairs),) or std.shape != (len(pairs),) \
+            or not np.all(np.isfinite(mean)) or not np.all(np.isfinite(std)) or np.any(std < 0):
+        raise ValueError("meta: bead_stats must hold bead pairs with a finite mean and std each")
 
 
 def load_checkpoint(path: Union[str, Path], map_location: str = "cpu") -> Dict:
-    """Load and validate a checkpoint dict (weights_only); ValueError for corrupt/foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+    """Load and verify a back-mapping checkpoint dict (``weights_only``): digest, fields, model
+    config (:class:`BackmapConfig` bounds), CG map, bonds, that the stored weights have the shapes
+    the config implies (probed on the meta device) and are finite. Any problem, a missing file
+    included, is a :class:`~ase_eqgnn.checkpoint.CheckpointError` (a ``ValueError``)."""
+    path = os.fspath(path)
+    where = f"back-mapping model file {path!r}"
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{where} does not exist")
+    ckpt = read_checkpoint(path, BACKMAP_FILE)
+    cfg, cg_map, bonds, _ = _parse(ckpt, where)
+    states = [k for k in ("model_state", "model_state_raw") if k in ckpt]
+    if "model_state" not in states:
+        raise CheckpointError(f"{where} has no model_state; the file is damaged")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or unsafe pickled objects
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ase_eqgnn back-mapping checkpoint "
-                         f"(format={ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)})")
-    if ckpt.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has checkpoint version {ckpt['version']}; this code reads {VERSION}")
+        expected = probe_state_shapes(lambda: BackmapVAE(cg_map, bonds, cfg))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{where} describes a model that cannot be built: {err}") from None
+    for key in states:
+        state = ckpt[key]
+        if not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise CheckpointError(f"{where}: {key} is not a dict of tensors; the file is damaged")
+        check_finite(state, f"{where} ({key})")
+        if expected is not None:
+            check_state_shapes(expected, state, f"{where} ({key})", MAX_PARAMETERS)
+        if torch.device(map_location).type != "cpu":
+            ckpt[key] = {k: v.to(map_location) for k, v in state.items()}
     return ckpt
 
 
 def model_from_checkpoint(ckpt: Dict) -> Tuple[BackmapVAE, Dict]:
-    """Rebuild the model (float32, eval mode) and its metadata from a loaded checkpoint."""
-    meta = json.loads(ckpt["meta"])
-    model = BackmapVAE(CGMap.from_json(ckpt["cg_map"]), np.array(meta["bonds"]).reshape(-1, 2),
-                       BackmapConfig.from_dict(json.loads(ckpt["model_config"])))
-    model.load_state_dict(ckpt["model_state"])
+    """Rebuild the model (float32, eval mode) and its metadata from a :func:`load_checkpoint` dict."""
+    cfg, cg_map, bonds, meta = _parse(ckpt, "back-mapping checkpoint")
+    with torch.random.fork_rng(devices=[]):  # random initial weights, overwritten below
+        model = BackmapVAE(cg_map, bonds, cfg)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(f"back-mapping checkpoint does not match its config "
+                              f"({str(err).splitlines()[0]}); the file is damaged") from None
     return model.eval(), meta
 
 
@@ -196,9 +275,19 @@ class BackMapper:
         """From a checkpoint path or a bundled model name (``"ala2"``)."""
         from ase_eqgnn.pretrained import resolve_model
 
-        ckpt = load_checkpoint(resolve_model(name_or_path, kind="backmap"))
+        path = resolve_model(name_or_path, kind="backmap")
+        ckpt = load_checkpoint(path)
         model, meta = model_from_checkpoint(ckpt)
-        return cls(model, topology_from_pdb_string(ckpt["topology_pdb"]), meta, device, dtype)
+        try:
+            topology = topology_from_pdb_string(ckpt["topology_pdb"])
+        except Exception as err:  # mdtraj's parser raises many kinds
+            raise CheckpointError(f"back-mapping model file {str(path)!r}: unreadable topology "
+                                  f"({type(err).__name__}: {err}); the file is damaged") from None
+        if topology.n_atoms != model.n_atoms:
+            raise CheckpointError(f"back-mapping model file {str(path)!r}: its topology has "
+                                  f"{topology.n_atoms} atoms, its CG map {model.n_atoms}; the file is "
+                                  "damaged")
+        return cls(model, topology, meta, device, dtype)
 
     @property
     def cg_map(self) -> CGMap:

@@ -68,6 +68,39 @@ class BackmapConfig(Settings):
     logvar_min: float = -12.0
     logvar_max: float = 4.0
 
+    #: Inclusive bounds of each number: generous for any molecule the dense graphs of this model
+    #: suit, and small enough that a model file cannot ask for an allocation that exhausts memory.
+    BOUNDS: ClassVar[Dict[str, Tuple[float, float]]] = {
+        "features": (1, 1024), "latent_dim": (1, 256), "encoder_layers": (1, 32),
+        "prior_layers": (1, 32), "decoder_layers": (1, 32), "n_rbf": (1, 256),
+        "atom_cutoff": (0.1, 100.0), "cg_cutoff": (0.1, 200.0), "encoder_bond_hops": (0, 16),
+        "logvar_min": (-50.0, 50.0), "logvar_max": (-50.0, 50.0),
+    }
+    BEAD_LINKS: ClassVar[Tuple[str, ...]] = ("own", "bonded")
+
+    def __post_init__(self) -> None:
+        """ValueError naming the first setting of the wrong type or outside :attr:`BOUNDS`."""
+        for name, (low, high) in self.BOUNDS.items():
+            value = getattr(self, name)
+            integer = isinstance(low, int)
+            ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) \
+                and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
+            if not ok or not low <= value <= high:
+                kind = "an integer" if integer else "a number"
+                raise ValueError(f"model config: {name} must be {kind} in [{low}, {high}], "
+                                 f"got {value!r}")
+            if not integer:
+                setattr(self, name, float(value))
+        if self.logvar_min >= self.logvar_max:
+            raise ValueError(f"model config: logvar_min ({self.logvar_min}) must be below logvar_max "
+                             f"({self.logvar_max})")
+        if self.encoder_bead_links not in self.BEAD_LINKS:
+            raise ValueError(f"model config: encoder_bead_links must be one of {self.BEAD_LINKS}, got "
+                             f"{self.encoder_bead_links!r}")
+        if not isinstance(self.mirror_equivariant, bool):
+            raise ValueError(f"model config: mirror_equivariant must be true or false, got "
+                             f"{self.mirror_equivariant!r}")
+
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:

@@ -1,54 +1,71 @@
 """Training the back-mapping VAE on all-atom MD trajectories.
 
-Run directory (``out``), as for the potential trainer:
+The run folder, the epoch loop, the EMA, the learning-rate schedule, resuming and the log are the
+ones every trainer of the package shares (:mod:`ase_eqgnn.train.run_dir`, :mod:`ase_eqgnn.train.loop`,
+:mod:`~ase_eqgnn.train.ema`, :mod:`~ase_eqgnn.train.schedule`, :mod:`~ase_eqgnn.train.resume`); this
+module supplies the data, the loss and the validation of one epoch (:class:`BackmapTask`).
 
-- ``config.yaml``: the resolved configuration (defaults + file + flags);
-- ``last.pt`` (every epoch) and ``best.pt`` (lowest validation loss, EMA weights): written
-  atomically (temp file + fsync + ``os.replace``), loadable with ``torch.load(weights_only=True)``;
-  configuration, CG map and topology are stored as JSON/PDB strings;
-- ``log.csv``: one row per epoch, rewritten from the history stored in ``last.pt`` so that a kill
-  at any moment leaves log and checkpoint consistent;
-- ``learning_curve.png``.
+Run folder (``out``), written only under these names and each file atomically:
 
-Resume: when ``out/last.pt`` exists the run continues from it with nothing lost (weights, EMA,
-optimizer, epoch, elapsed time, torch RNG and the shuffling generator); ``max_epochs`` and
-``max_time`` may be raised on resume. ``init_from`` (a back-mapping checkpoint of the same
-topology and map) starts a new run from its weights, with a fresh optimizer: fine-tuning with other
-loss weights, data or schedule. Loss per batch (see :mod:`ase_eqgnn.cg.losses`)::
+- ``config.yaml``: the resolved configuration (defaults + file + overrides);
+- ``last.pt`` (every epoch): the training state (weights, EMA, optimizer, schedule, epoch, elapsed
+  time, history, random generators incl. the shuffling one), loadable with ``weights_only=True``;
+- ``best.pt`` (lowest validation loss): a back-mapping model file of
+  :func:`ase_eqgnn.cg.backmap.save_checkpoint` with the EMA weights;
+- ``log.csv`` (one row per epoch) and ``learning_curve.png``.
+
+Re-running with the same ``out`` and config resumes with nothing lost (``max_epochs``, ``max_time``,
+``patience``, ``threads`` and ``device`` may change); a folder holding anything else is refused and
+left as it was. ``init_from`` (a back-mapping model file of the same molecule and map) starts a new
+run from its weights with a fresh optimizer: fine-tuning with other loss weights, data or schedule.
+Loss per batch (see :mod:`ase_eqgnn.cg.losses`)::
 
     L = w_recon MSD(x_rec, x) + beta_t KL(q || p) + w_bond L_bond + w_angle L_angle
         + w_steric L_steric + w_sample (L_bond + w_angle L_angle + w_steric L_steric)(x ~ p(x|X))
         + w_sample_heavy MSD_heavy(x ~ p(x|X), x)
 
-with ``beta_t`` ramped linearly over ``kl_warmup_epochs``; validation, ``best.pt`` and exported
-models use an exponential moving average of the weights (decay ``min(ema_decay, (1+t)/(10+t))``
-at step t); learning rate cosine-decayed from ``lr``
-to ``lr_min`` over the run (progress = max(epoch / max_epochs, time / max_time)).
+with ``beta_t`` ramped linearly over ``kl_warmup_epochs``; validation and ``best.pt`` use the EMA of
+the weights (decay ``min(ema_decay, (1+n)/(10+n))`` after step n); the learning rate is cosine-decayed
+from ``lr`` to ``lr_min`` over the run (progress = max(epoch / max_epochs, time / max_time)).
+
+The library never changes its host process's allocator (``eqgnn-train-backmap`` may: it owns its
+process, see :mod:`ase_eqgnn.heap`); ``threads`` sets torch's thread count when given.
+
+Example
+-------
+>>> best = train_backmap({"traj": ["ala2_train.h5"], "map": "ala2-5bead", "out": "runs/bm",
+...                       "max_time": 600})                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
-import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import yaml
+from ase.units import nm
 
-from ..checkpoint import atomic_torch_save
-from .backmap import bead_distance_stats, load_checkpoint, save_checkpoint
+from ..dtypes import resolve_dtype
+from ..train.distributed import resolve_device
+from ..train.ema import make_ema
+from ..train.loop import EpochLoop, EpochTask
+from ..train.plots import plot_learning_curve
+from ..train.run_dir import RunDirectory
+from ..train.schedule import EpochScheduler
+from .backmap import bead_distance_stats, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .losses import (GeometryTerms, LossWeights, heavy_reconstruction_loss, kl_divergence,
                      reconstruction_loss)
 from .maps import CGMap, build_map
 from .metrics import evaluate_backmapping
 from .model import BackmapConfig, BackmapVAE
 
-__all__ = ["DEFAULT_CONFIG", "resolve_config", "load_trajectories", "train_backmap"]
+__all__ = ["DEFAULT_CONFIG", "resolve_config", "load_trajectories", "train_backmap", "export_model",
+           "BackmapTask"]
 
 DEFAULT_CONFIG: Dict = {
     "traj": [], "top": None, "map": "ala2-5bead", "stride": 1, "max_frames": None,
@@ -58,14 +75,29 @@ DEFAULT_CONFIG: Dict = {
     "threads": None, "val_eval_frames": 200, "out": "runs/backmap", "init_from": None,
     "model": BackmapConfig().to_dict(), "loss": LossWeights().to_dict(),
 }
-_RESUME_OVERRIDABLE = ("max_epochs", "max_time", "patience", "threads", "device")
+#: Keys that may differ between the run that wrote ``last.pt`` and the one resuming from it.
+RESUME_MUTABLE_KEYS = ("max_epochs", "max_time", "patience", "threads", "device")
+#: What a back-mapping run writes besides config.yaml, last.pt and log.csv.
+OUTPUTS = ("best.pt", "learning_curve.png")
 
 
+# -- configuration -------------------------------------------------------------------------------
 def resolve_config(config: Optional[Union[str, Path, Dict]] = None, **overrides) -> Dict:
-    """Defaults, updated by a YAML file or dict, then by non-None keyword overrides."""
+    """Defaults, updated by a YAML file or dict, then by non-None keyword overrides; values checked.
+
+    Paths become strings (``traj`` a list of them); a bad key or value is a ``ValueError`` naming it.
+    """
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if isinstance(config, (str, Path)):
-        data = yaml.safe_load(Path(config).read_text()) or {}
+        path = Path(config)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist or is not a file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config must be a mapping of keys to values")
     else:
         data = dict(config or {})
     for source in (data, {k: v for k, v in overrides.items() if v is not None}):
@@ -73,16 +105,50 @@ def resolve_config(config: Optional[Union[str, Path, Dict]] = None, **overrides)
             if key not in cfg:
                 raise ValueError(f"unknown config key {key!r}; valid keys: {sorted(cfg)}")
             if key in ("model", "loss"):
+                if not isinstance(val, dict):
+                    raise ValueError(f"config key {key!r} must be a mapping, got {val!r}")
                 cfg[key].update(val)
             else:
                 cfg[key] = val
     BackmapConfig.from_dict(cfg["model"])  # validate keys
     LossWeights.from_dict(cfg["loss"])
-    if isinstance(cfg["traj"], str):
-        cfg["traj"] = [cfg["traj"]]
-    if cfg["dtype"] not in ("float32", "float64"):
-        raise ValueError("dtype must be float32 or float64")
+    traj = cfg["traj"]
+    cfg["traj"] = [str(traj)] if isinstance(traj, (str, Path)) else [str(p) for p in traj or []]
+    for key in ("top", "out", "init_from"):
+        cfg[key] = None if cfg[key] is None else str(cfg[key])
+    _check_values(cfg)
     return cfg
+
+
+def _check_values(cfg: Dict) -> None:
+    def number(key: str, low: float, integer: bool = False, optional: bool = False,
+               inclusive: bool = True, high: float = math.inf) -> None:
+        v = cfg[key]
+        if v is None and optional:
+            return
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v >= low if inclusive else v > low) and v < high and (not integer or float(v).is_integer())
+        if not ok:
+            kind = "an integer" if integer else "a finite number"
+            bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high < math.inf else "")
+            raise ValueError(f"config key {key!r} must be {kind} {bound}{' or null' if optional else ''}; "
+                             f"got {v!r}")
+
+    for key in ("stride", "batch_size", "max_epochs", "val_eval_frames"):
+        number(key, 1, integer=True)
+    for key in ("max_frames", "threads"):
+        number(key, 1, integer=True, optional=True)
+    number("patience", 0, integer=True, optional=True)
+    number("kl_warmup_epochs", 0, integer=True)
+    number("seed", 0, integer=True)
+    number("lr", 0, inclusive=False)
+    number("lr_min", 0)
+    number("weight_decay", 0)
+    number("grad_clip", 0, optional=True)
+    number("max_time", 0, inclusive=False, optional=True)
+    number("val_fraction", 0, inclusive=False, high=1)
+    number("ema_decay", 0, high=1)
+    resolve_dtype(cfg["dtype"])  # ValueError naming the choices
 
 
 def load_trajectories(paths: Sequence[str], top: Optional[str] = None, stride: int = 1):
@@ -94,77 +160,23 @@ def load_trajectories(paths: Sequence[str], top: Optional[str] = None, stride: i
     xyz, topology = [], None
     for p in paths:
         if not Path(p).is_file():
-            raise ValueError(f"trajectory {p} does not exist")
-        traj = md.load(str(p), top=top, stride=stride) if top else md.load(str(p), stride=stride)
+            raise ValueError(f"trajectory {p} does not exist or is not a regular file")
+        try:
+            traj = md.load(str(p), top=top, stride=stride) if top else md.load(str(p), stride=stride)
+        except Exception as exc:  # mdtraj raises many kinds for unreadable or mismatched files
+            raise ValueError(f"cannot read trajectory {p} with mdtraj (give --top for formats "
+                             f"without a topology): {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
         if topology is None:
             topology = traj.topology
         elif traj.n_atoms != topology.n_atoms:
             raise ValueError(f"{p} has {traj.n_atoms} atoms, the first trajectory {topology.n_atoms}")
-        xyz.append(traj.xyz.astype(np.float64) * 10.0)
+        xyz.append(traj.xyz.astype(np.float64) * nm)
     if topology.n_bonds == 0:
         raise ValueError("the topology has no bonds; give a topology with bonds (--top PDB)")
     return np.concatenate(xyz), topology
 
 
-def _bonds(topology) -> np.ndarray:
-    return np.array([[a.index, b.index] for a, b in topology.bonds], dtype=np.int64).reshape(-1, 2)
-
-
-def _lr(cfg: Dict, epoch: int, elapsed: float) -> float:
-    p = epoch / max(cfg["max_epochs"], 1)
-    if cfg["max_time"]:
-        p = max(p, elapsed / cfg["max_time"])
-    p = min(p, 1.0)
-    return cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * p))
-
-
-def _write_log(path: Path, history: List[Dict]) -> None:
-    if not history:
-        return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
-
-
-def _plot(path: Path, history: List[Dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].semilogy(ep, [h["train_loss"] for h in history], label="train loss")
-    axes[0].semilogy(ep, [h["val_loss"] for h in history], label="val loss")
-    axes[0].set_xlabel("epoch")
-    axes[0].legend()
-    axes[1].plot(ep, [h["val_recon_rmsd"] for h in history], label="recon RMSD (all)")
-    axes[1].plot(ep, [h["val_sample_heavy_rmsd"] for h in history], label="sample RMSD (heavy)")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("Å")
-    axes[1].legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-class _Batches:
-    """Shuffled mini-batches of frame indices from a seeded torch generator (state saved)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size = n, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def epoch(self) -> List[torch.Tensor]:
-        perm = torch.randperm(self.n, generator=self.gen)
-        return list(torch.split(perm, self.batch_size))
-
-
+# -- one epoch: loss, validation -----------------------------------------------------------------
 def _loss_terms(model: BackmapVAE, geom: GeometryTerms, w: LossWeights, x: torch.Tensor,
                 beta: float, sample_posterior: bool = True) -> Dict[str, torch.Tensor]:
     out = model(x, sample_posterior=sample_posterior)
@@ -230,146 +242,145 @@ def _init_weights(model: BackmapVAE, path: Union[str, Path], cg_map: CGMap, elem
                          f"({str(err).splitlines()[0]})") from None
 
 
+class BackmapTask(EpochTask):
+    """A back-mapping run set up from a resolved config: data, model, optimizer, schedule, EMA and the
+    :class:`~ase_eqgnn.train.loop.EpochLoop` (resumed from ``out/last.pt`` when it exists).
+
+    The run folder is checked before any data is read, so a refused run has written nothing.
+    """
+
+    def __init__(self, cfg: Dict, progress: bool = True, log=None) -> None:
+        self.cfg, self.progress = cfg, progress
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.run_dir = RunDirectory(cfg["out"], "backmap", cfg, RESUME_MUTABLE_KEYS, OUTPUTS)
+        resume = self.run_dir.check()
+        self.device = resolve_device(cfg["device"])
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        dtype = resolve_dtype(cfg["dtype"])
+
+        xyz, self.topology = load_trajectories(cfg["traj"], cfg["top"], cfg["stride"])
+        if cfg["max_frames"]:
+            xyz = xyz[: int(cfg["max_frames"])]
+        self.bonds = np.array([[a.index, b.index] for a, b in self.topology.bonds],
+                              dtype=np.int64).reshape(-1, 2)
+        self.elements = [a.element.symbol for a in self.topology.atoms]
+        cg_map = build_map(cfg["map"], self.topology)
+        perm = np.random.default_rng(cfg["seed"]).permutation(len(xyz))
+        n_val = max(1, int(round(cfg["val_fraction"] * len(xyz))))
+        if len(xyz) - n_val < 1:
+            raise ValueError(f"{len(xyz)} frames are too few for a validation split")
+        self.x_train = torch.as_tensor(xyz[perm[n_val:]], dtype=dtype, device=self.device)
+        self.x_val = torch.as_tensor(xyz[perm[:n_val]], dtype=dtype, device=self.device)
+
+        torch.manual_seed(cfg["seed"])
+        self.model = BackmapVAE(cg_map, self.bonds, BackmapConfig.from_dict(cfg["model"])).to(self.device, dtype)
+        if resume is None and cfg["init_from"]:
+            _init_weights(self.model, cfg["init_from"], cg_map, self.elements, self.bonds)
+            self.log(f"starting from the weights of {cfg['init_from']}")
+        self.geom = GeometryTerms(self.elements, self.bonds).to(self.device)
+        self.weights = LossWeights.from_dict(cfg["loss"])
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"],
+                                           weight_decay=cfg["weight_decay"])
+        self.scheduler = EpochScheduler(self.optimizer, "cosine", cfg["lr"], cfg["max_epochs"],
+                                        min_lr=cfg["lr_min"], max_time=cfg["max_time"])
+        self.ema = make_ema(self.model, cfg["ema_decay"])
+        self.shuffle = torch.Generator().manual_seed(cfg["seed"] + 1)
+        self.val_gen = torch.Generator(device=self.device)
+        self.loop = EpochLoop(self.run_dir, self.model, self.optimizer, self.scheduler, self.ema,
+                              max_epochs=cfg["max_epochs"], patience=cfg["patience"],
+                              max_time=cfg["max_time"], log=self.log)
+        if resume is not None:
+            self.loop.load_state_dict(resume)
+            self.shuffle.set_state(resume["shuffle_rng"])
+            self.log(f"resuming {cfg['out']} at epoch {self.loop.epoch} ({self.loop.elapsed:.0f} s trained)")
+        self.meta = {"elements": self.elements, "bonds": self.bonds.tolist(), "map_name": cfg["map"],
+                     "bead_stats": bead_distance_stats(cg_map, self.bonds, cg_map.bead_positions(xyz)),
+                     "training_data": list(cfg["traj"]), "n_train": len(self.x_train),
+                     "n_val": len(self.x_val)}
+
+    # ------------------------------------------------------------------ EpochTask
+    def train_epoch(self, loop: EpochLoop) -> Tuple[Dict[str, float], bool]:
+        beta = self.weights.beta * min(1.0, (loop.epoch + 1) / max(self.cfg["kl_warmup_epochs"], 1))
+        batches = torch.split(torch.randperm(len(self.x_train), generator=self.shuffle), self.cfg["batch_size"])
+        bar = batches
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(batches, desc=f"epoch {loop.epoch + 1}", leave=False, unit="batch")
+        self.model.train()
+        sums: Dict[str, float] = {}
+        seen, out_of_time = 0, False
+        for idx in bar:
+            xb = self.x_train[idx.to(self.device)]
+            terms = _loss_terms(self.model, self.geom, self.weights, xb, beta)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if self.cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
+            self.optimizer.step()
+            self.ema.update_parameters(self.model)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+            seen += len(idx)
+            if self.progress:
+                bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", recon=f"{sums['recon'] / seen:.4f}")
+            if loop.time_is_up():
+                out_of_time = True
+                break
+        if self.progress:
+            bar.close()
+        return {"beta": beta, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()}}, out_of_time
+
+    def validate(self, loop: EpochLoop, train: Dict[str, float]) -> Tuple[float, Dict[str, float]]:
+        val = _validate(self.ema.module, self.geom, self.weights, self.x_val, self.elements, self.bonds,
+                        self.cfg["val_eval_frames"], self.val_gen.manual_seed(self.cfg["seed"]))
+        return val["val_loss"], val
+
+    def save_best(self, loop: EpochLoop, row: Dict[str, float]) -> None:
+        val = {k: v for k, v in row.items() if k.startswith("val_")}
+        save_checkpoint(self.run_dir.path("best.pt"), self.ema.module, self.topology,
+                        {**self.meta, "epoch": loop.epoch, "val": val})
+
+    def extra_state(self) -> Dict[str, Any]:
+        return {"shuffle_rng": self.shuffle.get_state()}
+
+    def epoch_line(self, row: Dict[str, float], improved: bool) -> str:
+        return (f"epoch {int(row['epoch']):4d} lr {row['lr']:.2e} loss {row['train_loss']:.4f} "
+                f"val {row['val_loss']:.4f} recon {row['val_recon_rmsd']:.3f} Å sample-heavy "
+                f"{row['val_sample_heavy_rmsd']:.3f} Å valid {row['val_sample_valid']:.2f} clash "
+                f"{row['val_sample_clash']:.3f} ({row['time']:.0f} s){' *' if improved else ''}")
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> Path:
+        """Train until a stopping rule holds; the learning curve; returns the path of ``best.pt``."""
+        reason = self.loop.run(self)
+        best = Path(self.run_dir.path("best.pt"))
+        if self.loop.history:
+            plot_learning_curve(self.run_dir.path("log.csv"), self.run_dir.path("learning_curve.png"),
+                                losses=("train_loss", "val_loss"),
+                                metrics=(("val_recon_rmsd", "recon RMSD (all)"),
+                                         ("val_sample_heavy_rmsd", "sample RMSD (heavy)")),
+                                metrics_label="validation RMSD (Å)", metrics_log=False)
+        self.log(f"stopped: {reason}; best val loss {self.loop.best_loss:.5f} -> {best}")
+        return best
+
+
 def train_backmap(config: Optional[Union[str, Path, Dict]] = None, progress: bool = True,
                   **overrides) -> Path:
     """Train (or resume) a back-mapping VAE; returns the path of ``best.pt``."""
-    cfg = resolve_config(config, **overrides)
-    out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    resume = load_checkpoint(last_path) if last_path.exists() else None
-    if resume is not None:
-        saved = json.loads(resume["train_config"])
-        for key in _RESUME_OVERRIDABLE:
-            if key in overrides and overrides[key] is not None:
-                saved[key] = overrides[key]
-        cfg = resolve_config(saved)
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
-    device = torch.device(cfg["device"])
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-    xyz, topology = load_trajectories(cfg["traj"], cfg["top"], cfg["stride"])
-    if cfg["max_frames"]:
-        xyz = xyz[: int(cfg["max_frames"])]
-    bonds = _bonds(topology)
-    elements = [a.element.symbol for a in topology.atoms]
-    cg_map = CGMap.from_json(resume["cg_map"]) if resume else build_map(cfg["map"], topology)
-    rng = np.random.default_rng(cfg["seed"])
-    perm = rng.permutation(len(xyz))
-    n_val = max(1, int(round(cfg["val_fraction"] * len(xyz))))
-    if len(xyz) - n_val < 1:
-        raise ValueError(f"{len(xyz)} frames are too few for a validation split")
-    x_train = torch.as_tensor(xyz[perm[n_val:]], dtype=dtype, device=device)
-    x_val = torch.as_tensor(xyz[perm[:n_val]], dtype=dtype, device=device)
-
-    torch.manual_seed(cfg["seed"])
-    model = BackmapVAE(cg_map, bonds, BackmapConfig.from_dict(cfg["model"])).to(device, dtype)
-    geom = GeometryTerms(elements, bonds).to(device)
-    weights = LossWeights.from_dict(cfg["loss"])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    ema = copy.deepcopy(model)
-    batches = _Batches(len(x_train), cfg["batch_size"], cfg["seed"] + 1)
-    val_gen = torch.Generator(device=device)
-    epoch, elapsed, best, history, stale = 0, 0.0, float("inf"), [], 0
-    if resume is None and cfg["init_from"]:
-        _init_weights(model, cfg["init_from"], cg_map, elements, bonds)
-        ema.load_state_dict(model.state_dict())
-        print(f"starting from the weights of {cfg['init_from']}")
-    if resume is not None:
-        model.load_state_dict(resume["model_state_raw"])
-        ema.load_state_dict(resume["model_state"])
-        opt.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["rng_torch"])
-        batches.gen.set_state(resume["rng_shuffle"])
-        epoch, elapsed = int(resume["epoch"]), float(resume["elapsed"])
-        best, stale = float(resume["best_val"]), int(resume["stale"])
-        history = json.loads(resume["history"])
-        print(f"resuming {out} at epoch {epoch} ({elapsed:.0f} s trained)")
-    meta = {"elements": elements, "bonds": bonds.tolist(), "map_name": cfg["map"],
-            "bead_stats": bead_distance_stats(cg_map, bonds, cg_map.bead_positions(xyz)),
-            "training_data": [str(p) for p in cfg["traj"]], "n_train": len(x_train),
-            "n_val": len(x_val)}
-
-    def stop() -> Optional[str]:
-        if epoch >= cfg["max_epochs"]:
-            return "max_epochs"
-        if cfg["max_time"] and elapsed >= cfg["max_time"]:
-            return "max_time"
-        if cfg["patience"] and stale >= cfg["patience"]:
-            return "early stopping"
-        return None
-
-    model.train()
-    reason = stop()
-    while reason is None:
-        t0 = time.time()
-        lr = _lr(cfg, epoch, elapsed)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        beta = weights.beta * min(1.0, (epoch + 1) / max(cfg["kl_warmup_epochs"], 1))
-        idx_list = batches.epoch()
-        bar = idx_list
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(idx_list, desc=f"epoch {epoch + 1}", leave=False, unit="batch")
-        tot, n_seen = {}, 0
-        for step, idx in enumerate(bar, start=epoch * len(idx_list)):
-            xb = x_train[idx.to(device)]
-            terms = _loss_terms(model, geom, weights, xb, beta)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            opt.step()
-            with torch.no_grad():
-                d = min(cfg["ema_decay"], (1.0 + step) / (10.0 + step))  # EMA warm-up
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.mul_(d).add_(pm, alpha=1 - d)
-            for k, v in terms.items():
-                tot[k] = tot.get(k, 0.0) + float(v.detach()) * len(idx)
-            n_seen += len(idx)
-            if progress:
-                bar.set_postfix(loss=f"{tot['loss'] / n_seen:.4f}", recon=f"{tot['recon'] / n_seen:.4f}")
-        val = _validate(ema, geom, weights, x_val, elements, bonds,
-                        cfg["val_eval_frames"], val_gen.manual_seed(cfg["seed"]))
-        epoch += 1
-        elapsed += time.time() - t0
-        row = {"epoch": epoch, "lr": lr, "beta": beta, "time_s": round(elapsed, 2),
-               **{f"train_{k}": v / n_seen for k, v in tot.items()}, **val}
-        history.append(row)
-        improved = val["val_loss"] < best
-        if improved:
-            best, stale = val["val_loss"], 0
-            save_checkpoint(best_path, ema, topology, {**meta, "epoch": epoch, "val": val})
-        else:
-            stale += 1
-        reason = stop()
-        extra = {"model_state_raw": model.state_dict(), "optimizer": opt.state_dict(),
-                 "rng_torch": torch.get_rng_state(), "rng_shuffle": batches.gen.get_state(),
-                 "epoch": epoch, "elapsed": elapsed, "best_val": best, "stale": stale,
-                 "history": json.dumps(history), "train_config": json.dumps(cfg)}
-        save_checkpoint(last_path, ema, topology, {**meta, "epoch": epoch, "val": val}, extra=extra)
-        _write_log(out / "log.csv", history)
-        _plot(out / "learning_curve.png", history)
-        print(f"epoch {epoch:4d} lr {lr:.2e} loss {row['train_loss']:.4f} val {val['val_loss']:.4f} "
-              f"recon {val['val_recon_rmsd']:.3f} Å sample-heavy {val['val_sample_heavy_rmsd']:.3f} Å "
-              f"valid {val['val_sample_valid']:.2f} clash {val['val_sample_clash']:.3f} "
-              f"({elapsed:.0f} s){' *' if improved else ''}", flush=True)
-    print(f"stopped: {reason}; best val loss {best:.5f} -> {best_path}")
-    return best_path
+    return BackmapTask(resolve_config(config, **overrides), progress=progress).fit()
 
 
 def export_model(checkpoint: Union[str, Path], path: Union[str, Path], metrics: Optional[Dict] = None
                  ) -> None:
-    """Copy the model part of a run checkpoint (no optimizer state) to ``path``, adding metrics."""
+    """Write the model of back-mapping model file ``checkpoint`` (e.g. a run's best.pt) to ``path``,
+    with ``metrics`` added to its metadata as ``test_metrics``; the weights are copied unchanged."""
+    from .backmap import topology_from_pdb_string
+
     ckpt = load_checkpoint(checkpoint)
-    meta = json.loads(ckpt["meta"])
+    model, meta = model_from_checkpoint(ckpt)
     if metrics:
         meta["test_metrics"] = metrics
-    slim = {k: ckpt[k] for k in ("format", "version", "model_config", "cg_map", "topology_pdb")}
-    slim["meta"] = json.dumps(meta)
-    slim["model_state"] = ckpt["model_state"]
-    atomic_torch_save(slim, path)
+    save_checkpoint(path, model, topology_from_pdb_string(ckpt["topology_pdb"]), meta,
+                    state=ckpt["model_state"])

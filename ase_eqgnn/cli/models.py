@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 
-from ..pretrained import KINDS, list_pretrained
+from .common import command_parser, run_command
 
 _SKIP = {"name", "kind", "file"}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="eqgnn-models", description=__doc__)
+def build_parser():
+    from ..pretrained import KINDS
+
+    p = command_parser("eqgnn-models", __doc__)
     p.add_argument("--kind", choices=KINDS, help="only this kind")
     p.add_argument("--json", action="store_true", help="print the registry as JSON")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args) -> int:
+    from ..pretrained import list_pretrained
+
     entries = list_pretrained(args.kind)
     if args.json:
         print(json.dumps(entries, indent=1, ensure_ascii=False))
@@ -29,5 +36,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(build_parser(), run, argv, owns_heap=False)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -14,6 +14,11 @@ name        family                                       hyper-parameters (defau
 ==========  ===========================================  ===========================================
 
 Every family also takes ``head_hidden`` (width of the per-atom energy head; default features // 2).
+
+Reading order: a family's file (the physics, written against the neighbourhood interface of
+:mod:`.neighborhood`, whose plain edge list is the reference), then :mod:`.blocks` (basis, envelope,
+embedding), :mod:`.potential` (energy head, forces, stress); the speed-ups live apart, in
+:mod:`.layouts` (padded neighbour layouts) and :mod:`.tp_fused` (the fused tensor product).
 The resolved hyper-parameters (defaults filled in) are stored in ``model.config`` so a checkpoint
 rebuilds exactly the same network even if defaults change later.
 

@@ -35,7 +35,6 @@ import math
 import torch
 from torch import nn
 
-from ..indexing import gather_rows, scatter_rows
 from .blocks import (BesselBasis, MLP, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
 
@@ -65,21 +64,23 @@ class EGNNLayer(nn.Module):
         self.phi_h = MLP([2 * features, features, features])
         self.phi_x = MLP([features, features, 1]) if coord_update else None
 
-    def forward(self, h, radial, env, i, j):
-        hi = gather_rows(self.edge_src(h), i)
-        hj = gather_rows(self.edge_dst(h), j)
-        m = self.edge_out(hi + hj + self.edge_rad(radial)) * env.unsqueeze(-1)  # [E, F]
-        agg = scatter_rows(m, i, h.shape[0]) * self.norm
-        return h + self.phi_h(torch.cat([h, agg], dim=-1)), m
+    def forward(self, h, radial, env, nbh):
+        # φ_e(h_i, h_j, radial): its first linear applied per atom, then gathered (N rows, not E)
+        pre = nbh.centre(self.edge_src(h)) + nbh.gather(self.edge_dst(h)) + self.edge_rad(radial)
+        m = self.edge_out(pre) * env.unsqueeze(-1)  # m_ij, zero beyond the cutoff
+        return h + self.phi_h(torch.cat([h, nbh.sum(m) * self.norm], dim=-1)), m
 
-    def coordinate_shift(self, m, env, vec, i, n_nodes: int):
+    def coordinate_shift(self, m, env, vec, nbh):
         """n Σ_j (x_i - x_j) φ_x(m_ij) f(r_ij) = -n Σ_j r_ij φ_x(m_ij) f(r_ij): [N, 3] Å."""
-        w = self.phi_x(m) * env.unsqueeze(-1)  # [E, 1]; the envelope keeps it smooth at the cutoff
-        return -scatter_rows(vec * w, i, n_nodes) * self.norm
+        w = self.phi_x(m) * env.unsqueeze(-1)  # the envelope keeps it smooth at the cutoff
+        return -nbh.sum(vec * w) * self.norm
 
 
 class EGNN(nn.Module):
-    """EGNN representation: (species [N], edge_index [2,E], edge_vec [E,3] Å) -> h [N, features]."""
+    """EGNN representation: (species [N], edge_vec [E,3] Å, neighbourhood) -> h [N, features]."""
+
+    # Messages depend on both ends of an edge: the plain edge list is also the fastest layout.
+    fast_layout = None
 
     def __init__(self, n_species: int, cutoff: float, features: int = 128, layers: int = 3,
                  n_radial: int = 8, envelope_p: int = 6, avg_num_neighbors: float = 16.0,
@@ -95,23 +96,18 @@ class EGNN(nn.Module):
         self.layers = nn.ModuleList(EGNNLayer(features, n_radial, norm, coord_update and k + 1 < layers)
                                     for k in range(layers))
 
-    def layout(self, edge_index: torch.Tensor, n_nodes: int) -> None:
-        """EGNN works on the edge list itself (scatter sums): no neighbour layout."""
-        return None
-
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
-                layout: None = None) -> torch.Tensor:
-        i, j = edge_index[0], edge_index[1]
+    def forward(self, species: torch.Tensor, edge_vec: torch.Tensor, nbh) -> torch.Tensor:
+        """species [N] (indices), edge vectors r_ij [E, 3] (Å), a neighbourhood (:mod:`.neighborhood`)."""
         r0 = edge_lengths(edge_vec)
-        env = self.envelope(r0)
-        radial = self.basis(r0) * env.unsqueeze(-1)
+        env = nbh.edges(self.envelope(r0))
+        radial = nbh.edges(self.basis(r0)) * env.unsqueeze(-1)
+        vec = nbh.edges(edge_vec)
         h = self.embedding(species)
-        vec = edge_vec
         for k, layer in enumerate(self.layers):
-            h, m = layer(h, radial, env, i, j)
+            h, m = layer(h, radial, env, nbh)
             if self.coord_update and k + 1 < len(self.layers):
-                d = layer.coordinate_shift(m, env, vec, i, h.shape[0])
-                vec = vec + gather_rows(d, j) - gather_rows(d, i)
+                d = layer.coordinate_shift(m, env, vec, nbh)
+                vec = vec + nbh.gather(d) - nbh.centre(d)
                 radial = self.basis(edge_lengths(vec)) * env.unsqueeze(-1)
         return h
 

@@ -16,16 +16,11 @@ update:    (U v_i, V v_i) = linear maps over channels (no bias, so they commute 
 with n = 1/sqrt(avg_num_neighbors). The output is s [N, F], invariant under rotations, reflections
 and translations.
 
-Speed (work on edges is memory-bound): edges are regrouped per atom in a padded [R, M] layout
-(:class:`~.blocks.Neighborhoods`; M = largest neighbour count; two atoms share a row where
-neighbour counts are uneven, as in clusters and batches of molecules; a small molecule whose atoms
-nearly all see each other uses the N x N layout, where gathers are broadcasts), so neighbour sums are
-reductions or batched matmuls and Σ_j c_ij r̂_ij is one batched matmul (no [E, 3, F] outer product,
-in either pass); the envelope is folded into the basis and the filter has no bias (no [E, 3F]
-envelope product); φ's three outputs come from one linear; U and V are one fused linear; the first
-block skips the (zero) vector gather. No Python loops over edges or atoms. Memory is O(R M F);
-where a gathered copy would be large, the backward pass gathers again instead of keeping it
-(:meth:`~.blocks.Neighborhoods.gather_product`: 39 % less kept for the force pass).
+The blocks are written against the neighbourhood interface of :mod:`.neighborhood` (``gather``,
+``sum``, ``sum_outer``): with the reference :class:`~.neighborhood.EdgeList` they are SchNetPack's
+``x[idx_j]`` and scatter-adds; the fast padded layouts of :mod:`.layouts` compute the same numbers.
+Where SchNetPack's filter is (A e(r) + b) f(r), ours has no bias b (so W vanishes at the cutoff, and on
+padding, with the envelope folded into the basis); φ's outputs come from one linear, U and V from one.
 
 Example
 -------
@@ -38,13 +33,12 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
 
-from .blocks import (MLP, BesselBasis, Neighborhoods, PolynomialCutoff, SpeciesEmbedding,
-                     check_positive_float, check_positive_int, edge_lengths, neighborhoods)
+from .blocks import (MLP, BesselBasis, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
+                     check_positive_int, edge_lengths)
 
 DEFAULTS = {
     "features": 128,
@@ -56,11 +50,7 @@ DEFAULTS = {
 
 
 class PaiNNMessage(nn.Module):
-    """Message block on the padded neighbour layout (:class:`~.blocks.Neighborhoods`).
-
-    s [N,F], v [N,3,F], radial [R,M,n_radial] (envelope applied, zero in empty slots), unit: the
-    unit vectors [R,M,3] prepared by ``nbh.outer_operand``.
-    """
+    """Message block: s [N,F], v [N,3,F], radial e(r) f(r) and unit vectors r̂ in edge form."""
 
     def __init__(self, features: int, n_radial: int, norm: float, first: bool = False):
         super().__init__()
@@ -70,20 +60,20 @@ class PaiNNMessage(nn.Module):
         # The first block sees v = 0, so it needs no b (the b ∘ v_j term): 2F outputs, not 3F.
         n_out = (2 if first else 3) * features
         self.phi = MLP([features, features, n_out])
-        # No bias: W(r) = A (e(r) f(r)) vanishes with the envelope and in empty slots.
+        # No bias: W(r) = A (e(r) f(r)) vanishes with the envelope (and on padding).
         self.filter = nn.Linear(n_radial, n_out, bias=False)
 
-    def forward(self, s, v, radial, unit_op, nbh: Neighborhoods):
+    def forward(self, s, v, radial, unit, nbh):
         F = self.features
-        x = nbh.gather_product(self.phi(s), self.filter(radial))  # [R, M, 2F or 3F]
+        x = nbh.gather_product(self.phi(s), self.filter(radial))  # φ(s_j) ∘ W(r_ij)
         if self.first:
             a, c = x.split(F, dim=-1)
         else:
             a, b, c = x.split(F, dim=-1)
-        ds = nbh.sum(a)
-        dv = nbh.sum_outer(unit_op, c)  # Σ_j r̂_ij c_ij: [N, 3, F], no [E, 3, F] tensor
+        ds = nbh.sum(a)  # Σ_j a_ij
+        dv = nbh.sum_outer(unit, c)  # Σ_j r̂_ij ⊗ c_ij: [N, 3, F]
         if not self.first:
-            dv = dv + nbh.sum(nbh.gather_product(v, b.unsqueeze(2)))
+            dv = dv + nbh.sum(nbh.gather_product(v, b.unsqueeze(-2)))  # Σ_j b_ij ∘ v_j
         return s + self.norm * ds, v + self.norm * dv
 
 
@@ -108,7 +98,10 @@ class PaiNNUpdate(nn.Module):
 
 
 class PaiNN(nn.Module):
-    """PaiNN representation: (species [N], edge_index [2,E], edge_vec [E,3] Å) -> s [N, features]."""
+    """PaiNN representation: (species [N], edge_vec [E,3] Å, neighbourhood) -> s [N, features]."""
+
+    # The padded layout with shared rows and the N x N layout for small molecules (.layouts).
+    fast_layout = {"share_rows": True, "dense": True}
 
     def __init__(self, n_species: int, cutoff: float, features: int = 128, layers: int = 3,
                  n_radial: int = 20, envelope_p: int = 6, avg_num_neighbors: float = 16.0):
@@ -124,20 +117,15 @@ class PaiNN(nn.Module):
                                       for k in range(layers))
         self.updates = nn.ModuleList(PaiNNUpdate(features) for _ in range(layers))
 
-    def layout(self, edge_index: torch.Tensor, n_nodes: int) -> Neighborhoods:
-        """The neighbour layout :meth:`forward` works on (built outside it: it reads sizes back)."""
-        return neighborhoods(edge_index, n_nodes, share_rows=True, dense=True)
-
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
-                layout: Optional[Neighborhoods] = None) -> torch.Tensor:
+    def forward(self, species: torch.Tensor, edge_vec: torch.Tensor, nbh) -> torch.Tensor:
+        """species [N] (indices), edge vectors r_ij [E, 3] (Å), a neighbourhood (:mod:`.neighborhood`)."""
         r = edge_lengths(edge_vec)
-        nbh = self.layout(edge_index, species.shape[0]) if layout is None else layout
-        unit_op = nbh.outer_operand(nbh.pad(edge_vec / r.unsqueeze(-1)))  # from [R, M, 3]
-        radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))  # [R, M, n_radial]
+        unit = nbh.edges(edge_vec / r.unsqueeze(-1))
+        radial = nbh.edges(self.basis(r) * self.envelope(r).unsqueeze(-1))
         s = self.embedding(species)
         v = s.new_zeros(s.shape[0], 3, self.features)
         for k in range(self.n_layers):
-            s, v = self.messages[k](s, v, radial, unit_op, nbh)
+            s, v = self.messages[k](s, v, radial, unit, nbh)
             s, v = self.updates[k](s, v)
         return s
 

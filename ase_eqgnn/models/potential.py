@@ -38,6 +38,7 @@ from .. import keys
 from ..graph import AtomicGraph, edge_vectors
 from ..indexing import scatter_rows
 from .blocks import MLP, SpeciesIndex
+from .neighborhood import build_neighborhood
 
 
 class Potential(nn.Module):
@@ -45,9 +46,9 @@ class Potential(nn.Module):
 
     Parameters
     ----------
-    representation : module with ``out_features``, ``layout(edge_index, n_nodes)`` (its neighbour
-        layout, or None) and ``forward(species [N], edge_index [2, E], edge_vec [E, 3], layout)
-        -> [N, out_features]`` (invariant features).
+    representation : module with ``out_features``, ``fast_layout`` (options of its fast neighbour
+        layout, :mod:`.layouts`, or None for the edge list) and ``forward(species [N], edge_vec [E, 3],
+        neighbourhood) -> [N, out_features]`` (invariant features; :mod:`.neighborhood`).
     species : atomic numbers the model knows (sorted ints); ``E0[k]`` belongs to ``species[k]``.
     cutoff : neighbour cutoff in Å (graphs must be built with it).
     name, hparams : recorded in :attr:`config` so :func:`ase_eqgnn.models.build_model` rebuilds it.
@@ -98,15 +99,21 @@ class Potential(nn.Module):
         return f"name={self._name!r}, cutoff={self._cutoff}"
 
     # ---------------------------------------------------------------- evaluation
+    def neighborhood(self, edge_index: torch.Tensor, n_nodes: int, layout: str = "auto"):
+        """The neighbourhood the representation works on (:func:`~.neighborhood.build_neighborhood`):
+        ``layout="auto"`` its fast layout, ``"reference"`` the plain edge list."""
+        return build_neighborhood(edge_index, n_nodes, layout, self.representation.fast_layout)
+
     def atom_energies(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                       batch: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
-                      strain: Optional[torch.Tensor] = None, layout: Any = None) -> torch.Tensor:
+                      strain: Optional[torch.Tensor] = None, neighborhood: Any = None) -> torch.Tensor:
         """Per-atom energies E_i [N] (eV) of positions [N, 3] and cell [B, 3, 3] strained by ``strain``
-        [B, 3, 3] (or unstrained: None); ``layout``: the representation's neighbour layout for
-        ``edge_index`` (``self.representation.layout``), built beforehand.
+        [B, 3, 3] (or unstrained: None); ``neighborhood``: from :meth:`neighborhood` for
+        ``edge_index`` (None: built here).
 
-        Pure tensor code without reads back to the host, so ``torch.compile`` can compile it
-        whole: :meth:`forward` takes the compiled function as ``energy_fn``.
+        Pure tensor code without reads back to the host once the neighbourhood is built, so
+        ``torch.compile`` can compile it whole: :meth:`forward` takes the compiled function as
+        ``energy_fn``.
         """
         r, h = positions, cell
         if strain is not None:
@@ -117,27 +124,27 @@ class Potential(nn.Module):
                 r = positions + torch.einsum("ni,nij->nj", positions, sym.index_select(0, batch))
             h = cell + torch.bmm(cell, sym)
         vec = edge_vectors(r, h, batch, edge_index, shifts)
-        return self.energies_from_edges(species, edge_index, vec, layout)
+        return self.energies_from_edges(species, edge_index, vec, neighborhood)
 
     def energies_from_edges(self, species: torch.Tensor, edge_index: torch.Tensor,
-                            edge_vec: torch.Tensor, layout: Any = None) -> torch.Tensor:
+                            edge_vec: torch.Tensor, neighborhood: Any = None) -> torch.Tensor:
         """Per-atom energies E_i [N] (eV) from species indices [N] (``self.species_index(numbers)``),
         edges [2, E] and their vectors r_ij = r_j - r_i [E, 3] (Å).
 
         The whole model is a function of the edge vectors: differentiate E_i with respect to
         ``edge_vec`` for pair forces (what LAMMPS's ML-IAP interface wants), or build the vectors from
-        positions (:meth:`atom_energies`) for atomic forces. ``layout``: as in :meth:`atom_energies`
-        (None: built here).
+        positions (:meth:`atom_energies`) for atomic forces.
         """
-        if layout is None:
-            layout = self.representation.layout(edge_index, species.shape[0])
-        features = self.representation(species, edge_index, edge_vec, layout)
+        if neighborhood is None:
+            neighborhood = self.neighborhood(edge_index, species.shape[0])
+        features = self.representation(species, edge_vec, neighborhood)
         e = self.head(features).squeeze(-1)
         return self.scale * e + self.shift + self.E0[species]
 
     def forward(self, graph: AtomicGraph, forces: bool = True, stress: bool = False,
                 create_graph: bool = False,
-                energy_fn: Optional[Callable[..., torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+                energy_fn: Optional[Callable[..., torch.Tensor]] = None,
+                layout: str = "auto") -> Dict[str, torch.Tensor]:
         """Energies, and forces / stress when asked.
 
         Returns a dict with ``keys.ENERGY`` [B] eV, ``keys.ENERGIES`` [N] eV, and when asked
@@ -148,7 +155,8 @@ class Potential(nn.Module):
         Floating-point inputs are cast to the model's dtype. ``create_graph=True`` keeps the graph of
         the derivatives (training with a force loss). With ``create_graph=False`` and forces or stress
         requested, the returned tensors are detached. ``energy_fn`` replaces :meth:`atom_energies`
-        (same arguments), e.g. ``torch.compile(model.atom_energies)``.
+        (same arguments), e.g. ``torch.compile(model.atom_energies)``. ``layout``: "auto" (the family's
+        fast neighbour layout) or "reference" (the plain edge list, for debugging; same numbers).
         """
         if graph.edge_index is None or graph.shifts is None:
             raise ValueError("the graph has no neighbour list: call graph.with_neighbors(model.cutoff)")
@@ -163,7 +171,7 @@ class Potential(nn.Module):
         n_graphs = cell.shape[0]
         derivatives = forces or stress
 
-        layout = self.representation.layout(edge_index, species.shape[0])
+        neighborhood = self.neighborhood(edge_index, species.shape[0], layout)
         with torch.set_grad_enabled(derivatives or torch.is_grad_enabled()):
             inputs = []
             if forces:
@@ -175,7 +183,7 @@ class Potential(nn.Module):
                 strain = torch.zeros(n_graphs, 3, 3, dtype=dtype, device=device, requires_grad=True)
                 inputs.append(strain)
             energies = (energy_fn or self.atom_energies)(species, positions, cell, batch, edge_index,
-                                                         shifts, strain, layout)
+                                                         shifts, strain, neighborhood)
             energy = scatter_rows(energies, batch, n_graphs)
             out = {keys.ENERGY: energy, keys.ENERGIES: energies}
 

@@ -8,11 +8,8 @@ embedding(Z_i) as ``features x 0e``. Each of the ``layers`` blocks computes
     a_i  = n Σ_j y_ij                                                                (to nodes)
     x_i  = Gate( Lin_2(a_i) + SI(x_i) ) + x_i          (residual when the irreps agree)
 
-(the edge and node steps are fused: see :class:`NeighborTensorProduct`)
-
 with Y the e3nn spherical harmonics up to l_max ("component" normalisation), TP the "uvu" tensor
-product of e3nn's ``TensorProduct`` (per-edge weights, ``shared_weights=False``; evaluated fused with
-the neighbour sum by :class:`NeighborTensorProduct`, tested equal to e3nn's) with paths l1 ⊗ l2 -> l3
+product of e3nn's ``TensorProduct`` (per-edge weights, ``shared_weights=False``) with paths l1 ⊗ l2 -> l3
 for every output irrep that keeps natural parity (so the net is O(3)-equivariant, parity included),
 R an e3nn ``FullyConnectedNet`` (no biases, R(0) = 0) on the Bessel basis e times the cutoff
 envelope f (so each edge's weights fade out smoothly: value, first and second derivative vanish at
@@ -31,7 +28,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -39,8 +36,10 @@ from torch import nn
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 
-from .blocks import (BesselBasis, Neighborhoods, PolynomialCutoff, SpeciesEmbedding,
-                     check_positive_float, check_positive_int, edge_lengths, neighborhoods)
+from .blocks import (BesselBasis, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
+                     check_positive_int, edge_lengths)
+from .layouts import PaddedNeighborhood
+from .tp_fused import NeighborTensorProduct
 
 DEFAULTS = {
     "features": 32,
@@ -73,76 +72,6 @@ def uvu_instructions(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, targets: o3.Irr
     return o3.Irreps(out), instructions
 
 
-class NeighborTensorProduct(nn.Module):
-    """a_i = Σ_j TP_uvu(x_j, Y(r̂_ij); w_ij), summed over neighbours inside batched matmuls.
-
-    Same maths (and weight layout) as ``e3nn.o3.TensorProduct(irreps_in, irreps_sh, irreps_mid,
-    instructions, shared_weights=False)`` followed by a scatter-sum over edges: for each path
-    l1 ⊗ l2 -> l3 with Clebsch–Gordan tensor C (e3nn's ``wigner_3j`` times sqrt(2 l3 + 1)),
-
-        a_i[u, k] = Σ_j Σ_a w_ij[u] x_j[u, a] G_ij[a, k],     G_ij[a, k] = Σ_b C[a, b, k] Y_ij[b].
-
-    On the padded [R, M] neighbour layout (:class:`~.blocks.Neighborhoods`, rows shared by two atoms
-    where neighbour counts are uneven) this is one batched matmul per path over (j, a), so no
-    per-edge output tensor [E, dim_mid] is ever built (e3nn's kernel plus scatter is several times
-    slower on CPU). Inputs: x [N, irreps_in.dim], ``sh`` [R, M, irreps_sh.dim], ``weights``
-    [R, M, weight_numel] (zero in empty slots). Output [N, irreps_mid.dim] in e3nn layout.
-    """
-
-    def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, targets: o3.Irreps):
-        super().__init__()
-        self.irreps_in = irreps_in
-        self.irreps_sh = irreps_sh
-        self.irreps_mid, self.instructions = uvu_instructions(irreps_in, irreps_sh, targets)
-        in_slices, sh_slices = irreps_in.slices(), irreps_sh.slices()
-        self.paths = []  # (input block, its slice, sh slice, mul, l1, l2, l3)
-        offset = 0
-        for k, (i1, i2, i_out, _, _) in enumerate(self.instructions):
-            mul, ir1 = irreps_in[i1]
-            ir2, ir3 = irreps_sh[i2].ir, self.irreps_mid[i_out].ir
-            self.paths.append((i1, in_slices[i1], sh_slices[i2], mul, ir1.l, ir2.l, ir3.l))
-            # Constants, not state: kept out of the state_dict and rebuilt on every dtype/device move.
-            self.register_buffer(f"cg_{k}", self._cg(k, torch.get_default_dtype(), None),
-                                 persistent=False)
-            offset += mul
-        self.weight_numel = offset
-
-    def _cg(self, k: int, dtype: torch.dtype, device) -> torch.Tensor:
-        _, _, _, _, l1, l2, l3 = self.paths[k]
-        cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt(2 * l3 + 1)
-        return cg.to(dtype=dtype, device=device)
-
-    def _apply(self, fn, *args, **kwargs):
-        # Casting float32 constants to float64 would keep float32 round-off, which breaks
-        # equivariance at the 1e-8 level in float64: recompute them in the target dtype instead.
-        super()._apply(fn, *args, **kwargs)
-        for k in range(len(self.paths)):
-            old = getattr(self, f"cg_{k}")
-            setattr(self, f"cg_{k}", self._cg(k, old.dtype, old.device))
-        return self
-
-    def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, nbh: Neighborhoods,
-                cache: Dict[Tuple[int, int, int], torch.Tensor]) -> torch.Tensor:
-        n, r, m = nbh.n_nodes, nbh.n_rows, nbh.width
-        gathered: Dict[int, torch.Tensor] = {}
-        outs = []
-        # One split (its backward is one cat), not a slice per path (a zero-filled gradient each).
-        per_path = weights.split([p[3] for p in self.paths], dim=-1)
-        for k, (i1, sl_in, sl_sh, mul, l1, l2, l3) in enumerate(self.paths):
-            a_dim, k_dim = 2 * l1 + 1, 2 * l3 + 1
-            if i1 not in gathered:  # neighbours' features, [R, M, 2l1+1, mul]
-                block = x[:, sl_in].reshape(n, mul, a_dim).transpose(1, 2).reshape(n, a_dim * mul)
-                gathered[i1] = nbh.gather(block).view(r, m, a_dim, mul)
-            key = (l1, l2, l3)
-            if key not in cache:  # G_ij = C · Y_ij, shared by all blocks: [R, M, 2l1+1, 2l3+1]
-                cache[key] = nbh.outer_operand(
-                    torch.einsum("nmb,abk->nmak", sh[:, :, sl_sh], getattr(self, f"cg_{k}")))
-            z = gathered[i1] * per_path[k].unsqueeze(2)  # [R, M, 2l1+1, mul]
-            out = nbh.sum_outer(cache[key], z)  # Σ_j,a G_ij,ak z_ij,a: [N, 2l3+1, mul]
-            outs.append(out.transpose(1, 2).reshape(n, mul * k_dim))
-        return torch.cat(outs, dim=1) if outs else x.new_zeros(n, 0)
-
-
 class TPLayer(nn.Module):
     """One convolution block: x (irreps_in) [N, dim] -> x (irreps_out) [N, dim']."""
 
@@ -152,10 +81,12 @@ class TPLayer(nn.Module):
         self.norm = norm
         self.irreps_in = irreps_in
         self.lin_1 = o3.Linear(irreps_in, irreps_in)
-        self.tp = NeighborTensorProduct(irreps_in, irreps_sh, targets)
-        irreps_mid = self.tp.irreps_mid
+        irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, targets)
+        self._tp_args = (irreps_in, irreps_sh, irreps_mid, instructions)
+        self._reference_tps: Dict[tuple, nn.Module] = {}  # e3nn's TensorProduct per (dtype, device)
+        self.fused_tp = NeighborTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions)
         self.radial = FullyConnectedNet(
-            [n_radial] + [radial_hidden] * radial_layers + [self.tp.weight_numel],
+            [n_radial] + [radial_hidden] * radial_layers + [self.fused_tp.weight_numel],
             torch.nn.functional.silu)
         scalars = o3.Irreps([(mul, ir) for mul, ir in targets if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in targets if ir.l > 0])
@@ -175,9 +106,27 @@ class TPLayer(nn.Module):
         self.scalar_residual = (not self.residual and irreps_in[0].ir == o3.Irrep("0e")
                                 and self.irreps_out == o3.Irreps([irreps_in[0]]))
 
-    def forward(self, x, sh, radial, nbh: Neighborhoods, cache):
-        w = self.radial(radial)  # [R, M, weight_numel]; R(0) = 0: zero in empty slots
-        a = self.tp(self.lin_1(x), sh, w, nbh, cache) * self.norm
+    def convolve(self, x, sh, w, nbh, cache) -> torch.Tensor:
+        """Σ_j TP_uvu(x_j, Y_ij; w_ij): [N, irreps_mid.dim]. ``cache`` keeps the fused product's
+        per-graph operands across blocks."""
+        if isinstance(nbh, PaddedNeighborhood):
+            return self.fused_tp(x, sh, w, nbh, cache)
+        return nbh.sum(self.reference_tp(x.dtype, x.device)(nbh.gather(x), sh, w))
+
+    def reference_tp(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
+        """e3nn's ``TensorProduct`` for this block (the reference path), built at first use: building
+        one costs as much as the rest of the block, and the fast path never needs it. It holds no
+        weights (they come per edge from the radial net), so it is not part of the state_dict; e3nn
+        builds its constants in torch's default dtype."""
+        key = (dtype, device)
+        if key not in self._reference_tps:
+            tp = o3.TensorProduct(*self._tp_args, shared_weights=False, internal_weights=False)
+            self._reference_tps[key] = tp.to(device=device, dtype=dtype)
+        return self._reference_tps[key]
+
+    def forward(self, x, sh, radial, nbh, cache):
+        w = self.radial(radial)  # per-edge weights; R(0) = 0, so zero on padding
+        a = self.convolve(self.lin_1(x), sh, w, nbh, cache) * self.norm
         out = self.gate(self.lin_2(a) + self.self_interaction(x))
         if self.residual:
             out = out + x
@@ -187,7 +136,10 @@ class TPLayer(nn.Module):
 
 
 class TensorProductNet(nn.Module):
-    """Representation: (species [N], edge_index [2,E], edge_vec [E,3] Å) -> scalars [N, features]."""
+    """Representation: (species [N], edge_vec [E,3] Å, neighbourhood) -> scalars [N, features]."""
+
+    # The padded layout, with shared rows where neighbour counts are uneven (.layouts).
+    fast_layout = {"share_rows": True}
 
     def __init__(self, n_species: int, cutoff: float, features: int = 32, l_max: int = 2,
                  layers: int = 4, n_radial: int = 8, radial_hidden: int = 64, radial_layers: int = 2,
@@ -211,17 +163,11 @@ class TensorProductNet(nn.Module):
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
 
-    def layout(self, edge_index: torch.Tensor, n_nodes: int) -> Neighborhoods:
-        """The neighbour layout :meth:`forward` works on (built outside it: it reads sizes back)."""
-        return neighborhoods(edge_index, n_nodes, share_rows=True)
-
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
-                layout: Optional[Neighborhoods] = None) -> torch.Tensor:
+    def forward(self, species: torch.Tensor, edge_vec: torch.Tensor, nbh) -> torch.Tensor:
+        """species [N] (indices), edge vectors r_ij [E, 3] (Å), a neighbourhood (:mod:`.neighborhood`)."""
         r = edge_lengths(edge_vec)
-        nbh = self.layout(edge_index, species.shape[0]) if layout is None else layout
-        sh = nbh.pad(self.sh(edge_vec))  # [R, M, dim_sh]
-        # e(r) f(r): [R, M, n_radial], zero in empty slots
-        radial = nbh.pad(self.basis(r) * self.envelope(r).unsqueeze(-1))
+        sh = nbh.edges(self.sh(edge_vec))
+        radial = nbh.edges(self.basis(r) * self.envelope(r).unsqueeze(-1))  # e(r) f(r)
         cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
         x = self.embedding(species)
         for block in self.blocks:

@@ -13,6 +13,7 @@ measured test errors) that ``eqgnn-models`` prints.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -61,4 +62,6 @@ def register(entry: Dict) -> None:
     entries = [e for e in list_pretrained() if (e["name"], e["kind"]) != (entry["name"], entry["kind"])]
     entries.append(entry)
     entries.sort(key=lambda e: (e["kind"], e["name"]))
-    _REGISTRY.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
+    tmp = _REGISTRY.with_name(_REGISTRY.name + ".tmp")  # a crash never leaves half a registry
+    tmp.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, _REGISTRY)

@@ -27,13 +27,23 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from ..checkpoint.potential import CUTOFF_RANGE_A, check_hparams
+from ..dtypes import DTYPES as _DTYPE_TABLE
+
 __all__ = ["TrainConfig", "config_from_dict", "load_config", "save_config", "add_config_arguments",
            "config_from_args", "RESUME_MUTABLE_KEYS"]
 
 SCHEDULERS = ("plateau", "cosine")
 LOSSES = ("mse", "huber")
-DTYPES = ("float32", "float64")
+DTYPES = tuple(_DTYPE_TABLE)  # ase_eqgnn.dtypes
 SPLITS = ("random", "contiguous")
+LAYOUTS = ("auto", "reference")  # ase_eqgnn.models.neighborhood.LAYOUTS
+#: Upper bounds that keep a typo from exhausting the machine (a 1e6 Å cutoff builds neighbour lists
+#: of every atom with every other many times over; 10**6 threads or workers are never meant).
+#: The cutoffs (Å) a model file may have (the checkpoint module refuses others on loading).
+CUTOFF_RANGE = CUTOFF_RANGE_A
+MAX_THREADS = 1024
+MAX_WORKERS = 64
 
 
 def _f(default: Any, help: str) -> Any:
@@ -80,9 +90,14 @@ class TrainConfig:
     dtype: str = _f("float32", "training precision")
     valid_dtype: Optional[str] = _f(None, "precision of validation/test evaluation; None = dtype")
     num_workers: int = _f(0, "DataLoader worker processes")
-    num_threads: Optional[int] = _f(None, "torch CPU threads for this process; None = leave as is")
-    keep_freed_memory: bool = _f(True, "on a CPU device, glibc keeps the memory torch frees for the "
-                                       "next step (ase_eqgnn.heap; process-wide): ~15 % faster here")
+    num_threads: Optional[int] = _f(None, "torch CPU threads for this process; "
+                                          "None = leave as is")
+    layout: str = _f("auto", "neighbour layout of the models: \"auto\" (each family's fast one) or "
+                             "\"reference\" (the plain edge list: same numbers, slower; for debugging)")
+    keep_freed_memory: bool = _f(False, "on a CPU device, have glibc keep the memory torch frees for "
+                                        "the next step (ase_eqgnn.heap): faster, but it changes the "
+                                        "whole process, so a library run leaves it off; eqgnn-train "
+                                        "(which owns its process) turns it on")
     progress: bool = _f(True, "tqdm progress bars")
 
     # ------------------------------------------------------------------ optimisation
@@ -109,9 +124,11 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value."""
         _choice("model", self.model, _model_names())
+        check_hparams(self.hparams)  # the bounds a model file must keep, so every trained model loads
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("loss", self.loss, LOSSES)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("layout", self.layout, LAYOUTS)
         _choice("split", self.split, SPLITS)
         if self.valid_dtype is not None:
             _choice("valid_dtype", self.valid_dtype, DTYPES)
@@ -125,8 +142,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.valid_batch_size is not None and self.valid_batch_size < 1:
             raise ValueError(f"valid_batch_size must be >= 1, got {self.valid_batch_size}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.num_threads is not None and not 1 <= self.num_threads <= MAX_THREADS:
+            raise ValueError(f"num_threads must be in [1, {MAX_THREADS}], got {self.num_threads}")
+        if self.num_workers > MAX_WORKERS:
+            raise ValueError(f"num_workers must be <= {MAX_WORKERS}, got {self.num_workers}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
+        if not CUTOFF_RANGE[0] <= self.cutoff <= CUTOFF_RANGE[1] and not math.isnan(self.cutoff):
+            raise ValueError(f"cutoff must be in [{CUTOFF_RANGE[0]}, {CUTOFF_RANGE[1]}] Å, got {self.cutoff}")
         for name in ("lr", "cutoff", "huber_delta"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
@@ -163,7 +186,7 @@ class TrainConfig:
 #: Keys that may differ between the run that wrote ``last.pt`` and the one resuming from it.
 RESUME_MUTABLE_KEYS = frozenset({
     "max_epochs", "max_time", "patience", "device", "num_workers", "num_threads", "progress",
-    "keep_freed_memory",
+    "keep_freed_memory", "layout",
     "test_data", "test_energies", "valid_batch_size", "valid_dtype",
 })
 
@@ -289,10 +312,17 @@ def load_config(path: Union[str, pathlib.Path], base: Optional[TrainConfig] = No
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"config {path} is not a file (give a YAML file)")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (a config is YAML text)") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where} ({problem})") from None
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
@@ -301,12 +331,20 @@ def load_config(path: Union[str, pathlib.Path], base: Optional[TrainConfig] = No
 
 
 def save_config(config: TrainConfig, path: Union[str, pathlib.Path]) -> None:
-    """Write the resolved config as YAML (every key, in declaration order)."""
-    pathlib.Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (every key, in declaration order), atomically, as a run's
+    ``config.yaml`` is written."""
+    from .run_dir import atomic_output, dump_config
+
+    with atomic_output(str(path)) as f:
+        f.write(dump_config(config.to_dict()))
 
 
 # ---------------------------------------------------------------------------------------------------
 # argparse
+
+
+#: Extra flag names: ``--threads`` as every eqgnn-* command spells it.
+_FLAG_ALIASES = {"num_threads": ("--threads",)}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -321,18 +359,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         base, optional = _unwrap_optional(tp)
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-        help_ = f"{f.metadata.get('help', '')} (default: {default!r})".strip()
+        # argparse %-formats help texts: a literal % must be doubled.
+        help_ = f"{f.metadata.get('help', '')} (default: {default!r})".strip().replace("%", "%%")
+        flags = [flag, *_FLAG_ALIASES.get(f.name, ())]
         if base is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_)
         else:
             metavar = {int: "N", float: "X", str: "S"}.get(base, "YAML")
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_)
+            group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_)
 
 
-def config_from_args(args: argparse.Namespace, config_path: Optional[str] = None) -> TrainConfig:
-    """Defaults <- YAML file (if any) <- flags present in ``args``."""
-    base = load_config(config_path) if config_path else TrainConfig()
+def config_from_args(args: argparse.Namespace, config_path: Optional[str] = None,
+                     defaults: Optional[TrainConfig] = None) -> TrainConfig:
+    """``defaults`` (TrainConfig's own if None) <- YAML file (if any) <- flags present in ``args``."""
+    base = load_config(config_path, base=defaults) if config_path else (defaults or TrainConfig())
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     return config_from_dict(given, source="command-line flags", base=base)

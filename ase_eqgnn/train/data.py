@@ -22,17 +22,19 @@ a resumed run and a run split over several processes see exactly the same global
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..data.readers import Frame
+from ..data.readers import Frame, read_dataset, split_dataset
 from ..graph import AtomicGraph
 
-__all__ = ["Sample", "Batch", "build_samples", "collate", "EpochBatches", "make_loader",
-           "fit_e0", "force_rms", "energy_residual_std", "dataset_statistics", "voigt_to_full"]
+__all__ = ["Sample", "Batch", "build_samples", "collate", "EpochBatches", "make_loader", "load_frames",
+           "e0_by_number", "fit_e0", "force_rms", "energy_residual_std", "dataset_statistics",
+           "voigt_to_full"]
 
 
 def voigt_to_full(s: np.ndarray) -> np.ndarray:
@@ -101,7 +103,9 @@ def build_samples(frames: Sequence[Frame], cutoff: float, chunk: int = 64) -> Li
     for start in range(0, len(frames), chunk):
         part = frames[start:start + chunk]
         graphs = [AtomicGraph.from_arrays(f.positions, f.numbers, f.cell, f.pbc) for f in part]
-        big = AtomicGraph.collate(graphs).with_neighbors(cutoff)
+        # near_origin: float32 training then resolves distances to the size of each structure, not
+        # to its distance from the origin (positions far out in a file lose nothing)
+        big = AtomicGraph.collate(graphs).with_neighbors(cutoff).near_origin()
         edge_graph = big.batch[big.edge_index[0]]
         order = torch.argsort(edge_graph, stable=True)
         counts = torch.bincount(edge_graph, minlength=len(part)).tolist()
@@ -110,6 +114,7 @@ def build_samples(frames: Sequence[Frame], cutoff: float, chunk: int = 64) -> Li
             ei = big.edge_index[:, idx] - int(off)
             edge_index, shifts = _sorted_edges(ei[0], ei[1], big.shifts[idx])
             g.edge_index, g.shifts = edge_index, shifts
+            g.positions = big.positions[int(off):int(off) + g.num_atoms].clone()
             samples.append(Sample(
                 graph=g,
                 energy=None if f.energy is None else float(f.energy),
@@ -279,3 +284,53 @@ def dataset_statistics(samples: Sequence[Sample], species: Sequence[int],
         if scale is None or not math.isfinite(scale) or not scale > 0:
             scale = 1.0
     return e0_arr, float(scale), 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# what a TrainConfig asks for
+
+
+def load_frames(cfg) -> Tuple[List[Frame], List[Frame], Optional[List[Frame]]]:
+    """(train, valid, test) frames as a :class:`~.config.TrainConfig` describes them (explicit files
+    or a seeded split of ``data``)."""
+    if not cfg.data:
+        raise ValueError("no training data: set 'data' in the config or pass --data PATH")
+    for key in ("data", "valid_data", "test_data", "energies", "valid_energies", "test_energies", "topology"):
+        path = getattr(cfg, key)
+        if path and os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+            raise ValueError(f"{key} {path!r} is not a regular file (a device or a pipe cannot be read "
+                             "as a data set)")
+    opts = dict(format=cfg.format, energy_unit=cfg.energy_unit, length_unit=cfg.length_unit)
+    frames = read_dataset(cfg.data, energies=cfg.energies, topology=cfg.topology, index=cfg.index, **opts)
+    if cfg.valid_data:
+        train_frames = frames
+        valid_frames = read_dataset(cfg.valid_data, energies=cfg.valid_energies, topology=cfg.topology, **opts)
+    elif cfg.valid_fraction > 0:
+        if len(frames) < 2:
+            raise ValueError(f"{cfg.data} has {len(frames)} frame: too few to split off a validation set "
+                             "(give valid_data or set valid_fraction 0)")
+        train_frames, valid_frames = split_dataset(frames, cfg.valid_fraction, seed=cfg.seed,
+                                                   contiguous=cfg.split == "contiguous")
+    else:
+        train_frames, valid_frames = frames, []
+    test_frames = (read_dataset(cfg.test_data, energies=cfg.test_energies, topology=cfg.topology, **opts)
+                   if cfg.test_data else None)
+    return train_frames, valid_frames, test_frames
+
+
+def e0_by_number(e0: Optional[Dict]) -> Optional[Dict[int, float]]:
+    """A config's ``e0`` ({"Cu": -3.5} or {29: -3.5}) keyed by atomic number; None stays None."""
+    if e0 is None:
+        return None
+    from ase.data import atomic_numbers
+
+    out = {}
+    for key, value in e0.items():
+        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            z = int(key)
+        elif key in atomic_numbers:
+            z = atomic_numbers[key]
+        else:
+            raise ValueError(f"e0: unknown element {key!r} (use symbols such as 'Cu' or atomic numbers)")
+        out[z] = float(value)
+    return out

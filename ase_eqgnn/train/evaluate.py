@@ -14,13 +14,17 @@ import torch
 
 from ..checkpoint import load_model
 from ..data.readers import read_dataset
+from ..dtypes import resolve_dtype
+from ..outputs import OutputFiles
 from .data import build_samples
 from .distributed import resolve_device
 from .metrics import Predictions, evaluate
 
-__all__ = ["evaluate_model"]
+__all__ = ["evaluate_model", "PLOT_SUFFIXES"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Parity plot formats (matplotlib picks the format from the extension).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
 
 
 def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[str, os.PathLike],
@@ -31,23 +35,30 @@ def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[
     ``model`` is a model file path (``save_model`` format, e.g. ``run/best.pt``) or a Potential;
     ``read_options`` go to :func:`ase_eqgnn.data.read_dataset` (format, energy_unit, energies, ...).
     ``dtype`` "float32"/"float64" casts the model (None keeps the stored precision); ``plot`` writes
-    energy/force parity plots to that PNG path.
+    energy/force parity plots to that PNG path (``.pdf``/``.svg`` too), written under a temporary name
+    and moved into place at the end: a failed evaluation leaves an existing file as it was.
 
     Returns ``energy_mae``, ``energy_rmse`` (meV/atom), ``forces_mae``, ``forces_rmse`` (meV/Å),
     ``stress_mae``, ``stress_rmse`` (meV/Å^3, only when the data have stress), ``n_frames`` and
     ``n_atoms`` (total); metrics without reference data are NaN.
     """
+    outputs = OutputFiles([data] + ([] if isinstance(model, torch.nn.Module) else [model]))
+    if plot:
+        outputs.add(plot, "parity plot", PLOT_SUFFIXES)  # checked before the work, not after
     dev = resolve_device(device)
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, map_location=dev)
     model = model.to(dev)
     if dtype is not None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        model = model.to(_DTYPES[dtype])
+        model = model.to(resolve_dtype(dtype))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    frames = read_dataset(data, **read_options)
+    try:
+        frames = read_dataset(data, **read_options)
+    except (ValueError, OSError):
+        raise
+    except Exception as err:  # HDF5 and other readers raise their own types for a damaged file
+        raise ValueError(f"cannot read {os.fspath(data)!r}: {type(err).__name__}: {err}") from None
     samples = build_samples(frames, model.cutoff)
     preds = Predictions() if plot else None
     sums = evaluate(model, samples, batch_size, device=dev, predictions=preds)
@@ -60,5 +71,7 @@ def evaluate_model(model: Union[str, os.PathLike, torch.nn.Module], data: Union[
     if plot:
         from .plots import plot_parities
 
-        plot_parities(preds.arrays(), plot, title=os.path.basename(os.fspath(data)))
+        with outputs:
+            plot_parities(preds.arrays(), outputs.start(plot), title=os.path.basename(os.fspath(data)))
+            outputs.commit()
     return metrics

@@ -107,12 +107,14 @@ class Predictions:
 def evaluate(model: torch.nn.Module, samples: Sequence[Sample], batch_size: int,
              weights: Optional[LossWeights] = None, device="cpu", rank: int = 0, world_size: int = 1,
              predictions: Optional[Predictions] = None,
-             reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> ErrorSums:
+             reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+             layout: str = "auto") -> ErrorSums:
     """Errors of ``model`` (a Potential, evaluated as is: its dtype and device) on ``samples``.
 
     Samples are taken in file order in batches of ``batch_size``; process ``rank`` of ``world_size``
     handles every ``world_size``-th batch and ``reduce`` (e.g. an all-reduce sum) combines the sums.
-    Forces are always evaluated; stress only when some sample has one.
+    Forces are always evaluated; stress only when some sample has one. ``layout``: the model's
+    neighbour layout ("auto" or "reference", see :meth:`Potential.forward`).
     """
     weights = weights or LossWeights()
     sums = ErrorSums()
@@ -124,7 +126,8 @@ def evaluate(model: torch.nn.Module, samples: Sequence[Sample], batch_size: int,
         for idx in chunks[rank::world_size]:
             batch = collate([samples[i] for i in idx])
             stress = want_stress and bool(batch.stress_mask.any())
-            out = model(batch.graph.to(device), forces=True, stress=stress, create_graph=False)
+            out = model(batch.graph.to(device), forces=True, stress=stress, create_graph=False,
+                        layout=layout)
             out = {k: v.detach().cpu() for k, v in out.items()}
             sums.add(out, batch, weights)
             if predictions is not None:

@@ -1,16 +1,20 @@
 """PNG plots of a run: the learning curve from ``log.csv`` and energy / force parity plots.
 
 matplotlib's non-interactive Agg backend is selected inside each function (never at import), so
-importing this module changes nothing for a user's own plotting.
+importing this module changes nothing for a user's own plotting. Every plot is written through a
+temporary file and moved into place, so a failure never leaves a truncated image under the name.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from typing import Dict, Optional, Sequence
+import os
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .run_dir import atomic_output
 
 __all__ = ["read_log", "plot_learning_curve", "plot_parity", "plot_parities"]
 
@@ -22,6 +26,24 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: str, dpi: int = 110) -> None:
+    """``fig.savefig`` atomically, then close ``fig``; the format follows the extension of ``path``
+    (PNG without one)."""
+    import matplotlib.pyplot as plt
+
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    try:
+        with atomic_output(os.fspath(path), "wb") as f:
+            fig.savefig(f, format=fmt, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+#: The validation errors a potential's learning curve shows: (log.csv column, legend label).
+POTENTIAL_METRICS = (("energy_mae", "energy MAE (meV/atom)"), ("forces_mae", "forces MAE (meV/Å)"),
+                     ("stress_mae", "stress MAE (meV/Å³)"))
 
 
 def read_log(path: str) -> Dict[str, np.ndarray]:
@@ -38,14 +60,20 @@ def read_log(path: str) -> Dict[str, np.ndarray]:
     return {k: np.array([num(r[k]) for r in rows]) for k in rows[0]}
 
 
-def plot_learning_curve(log_csv: str, path: str) -> str:
-    """Losses (log scale) and validation MAEs against epoch, from ``log_csv``; returns ``path``."""
+def plot_learning_curve(log_csv: str, path: str, losses: Sequence[str] = ("train_loss", "valid_loss"),
+                        metrics: Sequence[Tuple[str, str]] = POTENTIAL_METRICS,
+                        metrics_label: str = "validation MAE", metrics_log: bool = True) -> str:
+    """Losses (log scale) and validation metrics against epoch, from ``log_csv``; returns ``path``.
+
+    ``losses`` are log.csv columns for the left panel, ``metrics`` (column, legend label) pairs for
+    the right one (``metrics_label`` on its axis, log scale unless ``metrics_log`` is False).
+    """
     plt = _pyplot()
     log = read_log(log_csv)
     epoch = log["epoch"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
-    for key in ("train_loss", "valid_loss"):
+    for key in losses:
         if key in log and np.isfinite(log[key]).any():
             ax.plot(epoch, log[key], marker=".", label=key.replace("_", " "))
     ax.set_yscale("log")
@@ -53,18 +81,17 @@ def plot_learning_curve(log_csv: str, path: str) -> str:
     ax.set_ylabel("loss")
     ax.legend()
     ax = axes[1]
-    for key, label in (("energy_mae", "energy MAE (meV/atom)"), ("forces_mae", "forces MAE (meV/Å)"),
-                       ("stress_mae", "stress MAE (meV/Å³)")):
+    for key, label in metrics:
         if key in log and np.isfinite(log[key]).any():
             ax.plot(epoch, log[key], marker=".", label=label)
     if ax.lines:
-        ax.set_yscale("log")
+        if metrics_log:
+            ax.set_yscale("log")
         ax.legend()
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation MAE")
+    ax.set_ylabel(metrics_label)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -80,8 +107,7 @@ def plot_parity(ref: Sequence[float], pred: Sequence[float], path: str, quantity
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -97,8 +123,7 @@ def plot_parities(arrays: Dict[str, np.ndarray], path: str, title: Optional[str]
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 

@@ -63,13 +63,29 @@ class EpochScheduler:
             self.plateau.step(valid_loss)
 
     def state_dict(self) -> Dict[str, Any]:
-        state = {"lambda_lr": self.lambda_lr.state_dict(), "time_progress": self.time_progress}
+        state = {"lambda_lr": self.lambda_lr.state_dict(), "time_progress": self.time_progress,
+                 "max_time": self.max_time}
         if self.plateau is not None:
             state["plateau"] = self.plateau.state_dict()
         return state
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Dict[str, Any], elapsed: Optional[float] = None) -> None:
+        """Continue a schedule; call after the optimizer's ``load_state_dict``.
+
+        Where the learning rate is a function of the epoch (cosine, warm-up) it is recomputed with
+        this scheduler's settings, so a run resumed with a larger ``max_epochs`` follows the new
+        schedule from its first epoch, exactly as a run started with it would; given the training
+        seconds so far (``elapsed``), the same holds for a new ``max_time``. The plateau schedule's
+        reductions are history, kept as the optimizer stored them.
+        """
         self.lambda_lr.load_state_dict(state["lambda_lr"])
         self.time_progress = float(state.get("time_progress", 0.0))
+        if elapsed is not None and state.get("max_time", self.max_time) != self.max_time:
+            self.time_progress = min(1.0, elapsed / self.max_time) if self.max_time else 0.0
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])
+        epoch = self.lambda_lr.last_epoch
+        if self.plateau is None or epoch < self.warmup_epochs:
+            for group, base, factor in zip(self.lambda_lr.optimizer.param_groups, self.lambda_lr.base_lrs,
+                                           self.lambda_lr.lr_lambdas):
+                group["lr"] = base * factor(epoch)

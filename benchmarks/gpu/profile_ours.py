@@ -56,7 +56,8 @@ def main():
             rng = np.random.default_rng(0)
             wall = {}
             for graphs in ("auto", False):  # the eager one last: it is the one profiled below
-                calc = EqGNNCalculator(model, device=args.device, cuda_graphs=graphs)
+                calc = EqGNNCalculator(model, device=args.device, cuda_graphs=graphs,
+                                       keep_freed_memory=True)
 
                 def call():
                     atoms.positions = base + rng.normal(0.0, common.PERTURB_A, base.shape)

@@ -1,0 +1,112 @@
+"""``pair_style mliap unified`` with EqGNNMLIAP in a LAMMPS built with ML-IAP Python support
+(build-lammps.sh), against EqGNNCalculator on 1 and 2 MPI ranks, for every model family.
+
+Float64: energy to 1e-9 eV, forces to 1e-10 eV/Å, virial pressure to 1e-6 relative (LAMMPS's bar
+constant differs from ase.units' in the 8th digit); periodic cells smaller than the ghost shell
+and open systems; an NPT run's final pressure against the calculator's stress on its final frame.
+The input lines are the ones export_mliap prints.
+"""
+
+import numpy as np
+import pytest
+import torch
+from ase import units
+from ase.build import bulk
+
+from ase_eqgnn import EqGNNCalculator, save_model
+from ase_eqgnn.lammps import export_mliap
+from ase_eqgnn.models import MODEL_NAMES, build_model
+from ase_eqgnn.pretrained import resolve_model
+from test_lammps_support import (THERMO, VIRIAL_PRESSURE, needs_build, pressure_to_stress,
+                                 read_final_frame, read_forces, read_thermo, run_lmp, write_data)
+
+SMALL = {"egnn": dict(features=8, layers=2), "painn": dict(features=8, layers=2),
+         "tp": dict(features=4, l_max=1, layers=2, radial_hidden=8)}
+
+pytestmark = [needs_build, pytest.mark.slow]
+
+
+def small_model(name):
+    torch.manual_seed(11)
+    return build_model(name, ["Cu", "Ni"], 3.2, **SMALL.get(name, dict(layers=2)))
+
+
+def periodic_cuni():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))  # 7.2 Å < 8.4 Å ghost cutoff
+    atoms.symbols[::3] = "Ni"
+    atoms.rattle(0.1, seed=5)
+    return atoms
+
+
+def open_cuni():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
+    atoms.symbols[1::4] = "Ni"
+    atoms.rattle(0.1, seed=6)
+    atoms.set_cell([20.0, 20.0, 20.0])
+    atoms.center()
+    atoms.pbc = False
+    return atoms
+
+
+def section(lines, data, boundary, dump):
+    return "\n".join(["units metal", "atom_style atomic", f"boundary {boundary}",
+                      f"read_data {data}", *lines, VIRIAL_PRESSURE + THERMO.rstrip(),
+                      f"dump d all custom 1 {dump} id fx fy fz",
+                      "dump_modify d format float %.17g", "run 0", "undump d"])
+
+
+def reference(model, atoms):
+    atoms = atoms.copy()
+    atoms.calc = EqGNNCalculator(model, dtype="float64", keep_freed_memory=False)
+    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.pbc.all():
+        out["stress"] = atoms.get_stress()
+    return out
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_equals_calculator(tmp_path, name, ranks):
+    model = small_model(name).double()
+    save_model(model, tmp_path / "model.pt")
+    exported = export_mliap(str(tmp_path / "model.pt"), tmp_path / "model.mliap.pkl")
+    species = exported.unified.element_types
+    systems = {"periodic": (periodic_cuni(), "p p p"), "open": (open_cuni(), "f f f")}
+    parts = []
+    for label, (atoms, boundary) in systems.items():
+        write_data(atoms, tmp_path / f"{label}.data", species)
+        parts.append(section(exported.input_lines, f"{label}.data", boundary, f"{label}.dump"))
+    (tmp_path / "in.lmp").write_text("\nclear\n".join(parts) + "\n")
+    proc = run_lmp("in.lmp", ranks, tmp_path)
+    rows = read_thermo(proc.stdout)
+    assert len(rows) == 2
+    for row, (label, (atoms, _)) in zip(rows, systems.items()):
+        ref = reference(model, atoms)
+        assert abs(row["PotEng"] - ref["energy"]) < 1e-9, label
+        forces = read_forces(tmp_path / f"{label}.dump")
+        assert np.abs(ref["forces"]).max() > 1e-4
+        np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=1e-10, err_msg=label)
+        if "stress" in ref:
+            np.testing.assert_allclose(pressure_to_stress(row, units.bar), ref["stress"], rtol=0,
+                                       atol=1e-6 * np.abs(ref["stress"]).max())
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_npt_pressure_equals_calculator_stress(tmp_path, ranks):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
+    atoms.rattle(0.05, seed=8)
+    write_data(atoms, tmp_path / "system.data", ["Cu"])
+    exported = export_mliap("cu-emt", tmp_path / "cu.mliap.pkl")
+    (tmp_path / "in.lmp").write_text("\n".join([
+        "units metal", "atom_style atomic", "boundary p p p", "read_data system.data",
+        *exported.input_lines, "velocity all create 300 7", VIRIAL_PRESSURE + THERMO.rstrip(),
+        "thermo 5", "timestep 0.002", "fix 1 all npt temp 300 300 0.1 iso 0 0 1.0", "run 20",
+        "write_dump all custom final.dump id type x y z modify format float %.17g", ""]))
+    proc = run_lmp("in.lmp", ranks, tmp_path)
+    row = read_thermo(proc.stdout)[-1]
+    final = read_final_frame(tmp_path / "final.dump", ["Cu"])
+    assert abs(final.get_volume() - atoms.get_volume()) > 1e-3  # the box did change
+    ref = reference(str(resolve_model("cu-emt")), final)
+    np.testing.assert_allclose(pressure_to_stress(row, units.bar), ref["stress"], rtol=0,
+                               atol=1e-6 * np.abs(ref["stress"]).max())
+    assert abs(row["PotEng"] - ref["energy"]) < 1e-8
