@@ -110,13 +110,23 @@ class CGPrior(torch.nn.Module):
                 raise ValueError(f"prior constants {name} must be positive")
         if not (np.isfinite(epsilon) and epsilon >= 0 and int(exponent) >= 1 and temperature_K > 0):
             raise ValueError("epsilon must be >= 0, exponent >= 1 and temperature_K > 0")
+        if tensors["bonds"].numel() == 0:
+            raise ValueError("a CG prior needs at least one bond")
+        n_beads = int(tensors["bonds"].max()) + 1
+        for name in ("bonds", "angles", "pairs"):
+            t = tensors[name]
+            same = any(bool((t[:, a] == t[:, b]).any()) for a in range(t.shape[1])
+                       for b in range(a + 1, t.shape[1]))
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_beads or same):
+                raise ValueError(f"prior {name} must index distinct beads of the chain 0..{n_beads - 1}")
+        # Not in state_dict: a checkpoint stores the prior as data (to_dict), not as tensors.
         for name, value in tensors.items():
-            self.register_buffer(name, value)
+            self.register_buffer(name, value, persistent=False)
         self.epsilon, self.exponent, self.temperature_K = float(epsilon), int(exponent), float(temperature_K)
 
     @property
     def n_beads(self) -> int:
-        return int(max(self.bonds.max(), self.angles.max() if self.angles.numel() else 0)) + 1
+        return int(self.bonds.max()) + 1
 
     @classmethod
     def fit(cls, positions, temperature_K: float = 300.0, *, min_separation: int = 3,
@@ -153,6 +163,28 @@ class CGPrior(torch.nn.Module):
             "angles": (0.5 * self.k_angle.to(dtype) * (theta - self.theta0.to(dtype)) ** 2).sum(-1),
             "repulsion": (self.epsilon * (self.sigma.to(dtype) / d) ** self.exponent).sum(-1),
         }
+
+    def bead_energies(self, positions: torch.Tensor) -> torch.Tensor:
+        """The prior energy split over beads [..., n_beads] (eV): each term's energy shared equally
+        among the beads it involves, so the beads' energies sum to :meth:`forward`."""
+        if positions.shape[-2:] != (self.n_beads, 3):
+            raise ValueError(f"positions have shape {tuple(positions.shape)}, the prior needs "
+                             f"(..., {self.n_beads}, 3)")
+        dtype = positions.dtype
+        out = positions.new_zeros(positions.shape[:-1])
+        r = bond_lengths(positions, self.bonds)
+        theta = bond_angles(positions, self.angles)
+        d = bond_lengths(positions, self.pairs)
+        per_term = (
+            (self.bonds, 0.5 * self.k_bond.to(dtype) * (r - self.r0.to(dtype)) ** 2),
+            (self.angles, 0.5 * self.k_angle.to(dtype) * (theta - self.theta0.to(dtype)) ** 2),
+            (self.pairs, self.epsilon * (self.sigma.to(dtype) / d) ** self.exponent),
+        )
+        for index, energy in per_term:
+            share = energy / index.shape[1]
+            for column in range(index.shape[1]):
+                out = out.index_add(-1, index[:, column], share)
+        return out
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """Prior energy [...] (eV) of ``positions`` [..., n_beads, 3] (Å)."""

@@ -1,0 +1,198 @@
+"""The coarse-grained potential (issue 19, phase 2): a network on beads plus priors, one model file,
+loaded by EqGNNCalculator like any potential."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule  # noqa: F401  (ase import check)
+from scipy.spatial.transform import Rotation
+
+from ase_eqgnn import EqGNNCalculator
+from ase_eqgnn.cg.beads import beads_to_atoms
+from ase_eqgnn.cg.forcematch import load_cg_dataset
+from ase_eqgnn.cg.potential import CGPotential, check_cg_record
+from ase_eqgnn.cg.priors import CGPrior
+from ase_eqgnn.checkpoint import CheckpointError, load_model, payload_digest, save_model
+from ase_eqgnn.errors import OutOfDomainError
+from ase_eqgnn.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = ROOT / "training/data/ala2_cg_5bead.npz"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_cg_dataset(DATASET)
+
+
+def make_cg(data, family="painn", seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    net = build_model(family, species=sorted(set(data.beads.numbers.tolist())), cutoff=6.0,
+                      features=8, layers=1).to(dtype)
+    with torch.no_grad():  # a visible network contribution next to the prior
+        net.scale.fill_(0.05)
+    prior = CGPrior.fit(data.positions[:2000], data.temperature_K)
+    return CGPotential(net, prior, data.beads, data.cg_map)
+
+
+@pytest.mark.parametrize("family", ["egnn", "painn", "tp"])
+def test_energy_is_network_plus_prior_and_forces_are_its_gradient(data, family):
+    model = make_cg(data, family)
+    x = data.positions[7].astype(np.float64)
+    atoms = beads_to_atoms(data.beads, x)
+    atoms.calc = EqGNNCalculator(model, dtype="float64", domain_check="off")
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    # the parts, evaluated independently
+    from ase_eqgnn.graph import AtomicGraph
+    g = AtomicGraph.from_atoms(atoms, dtype=torch.float64).with_neighbors(model.cutoff)
+    net_energy = float(Potential_forward(model, g))
+    prior_energy = float(model.prior(torch.as_tensor(x)))
+    assert abs(prior_energy) > 1e-3 and abs(net_energy) > 1e-5
+    assert energy == pytest.approx(net_energy + prior_energy, abs=1e-9)
+    assert atoms.get_potential_energies().sum() == pytest.approx(energy, abs=1e-9)
+    # central finite differences of the energy
+    h, fd = 1e-5, np.zeros_like(x)
+    for i in range(len(x)):
+        for k in range(3):
+            for sign in (1, -1):
+                shifted = atoms.copy()
+                shifted.positions[i, k] += sign * h
+                shifted.calc = atoms.calc
+                fd[i, k] -= sign * shifted.get_potential_energy() / (2 * h)
+    np.testing.assert_allclose(forces, fd, atol=1e-6 * max(1.0, np.abs(forces).max()))
+
+
+def Potential_forward(model: CGPotential, graph):
+    """The network's energy alone (Potential's atom_energies, without the prior)."""
+    from ase_eqgnn.models.potential import Potential
+    species = model.species_index(graph.numbers)
+    e = Potential.atom_energies(model, species, graph.positions, graph.cell, graph.batch,
+                                graph.edge_index, graph.shifts)
+    return e.sum().detach()
+
+
+def test_rotation_and_translation_invariance(data):
+    model = make_cg(data, "egnn")
+    calc = EqGNNCalculator(model, dtype="float64", domain_check="off")
+    x = data.positions[11].astype(np.float64)
+    rot = Rotation.random(random_state=3).as_matrix()
+    a, b = beads_to_atoms(data.beads, x), beads_to_atoms(data.beads, x @ rot.T + [3.0, -2.0, 7.5])
+    a.calc = calc
+    e_a, f_a = a.get_potential_energy(), a.get_forces()
+    b.calc = calc
+    assert b.get_potential_energy() == pytest.approx(e_a, abs=1e-9)
+    np.testing.assert_allclose(b.get_forces(), f_a @ rot.T, atol=1e-9)
+    assert np.abs(f_a.sum(0)).max() < 1e-9  # no net force on an isolated molecule
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_model_file_round_trip_and_calculator_from_path(data, tmp_path, dtype):
+    model = make_cg(data, "painn", dtype=getattr(torch, dtype))
+    model.domain = {"H-H": 2.0}
+    path = tmp_path / "cg.pt"
+    save_model(model, path, metadata={"note": "test"})
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == 3 and raw["sha256"] == payload_digest(raw)
+    assert set(raw["state_dict"]) == set(Potential_state_names(model))  # the prior is data, not tensors
+    loaded = load_model(path)
+    assert isinstance(loaded, CGPotential) and loaded.dtype == getattr(torch, dtype)
+    assert loaded.beads == data.beads and loaded.cg_map == data.cg_map
+    assert loaded.config["cg"] == model.config["cg"]  # the fitted float64 constants, whatever the dtype
+    assert CGPrior.from_dict(loaded.config["cg"]["prior"]).to_dict() == loaded.config["cg"]["prior"]
+    assert loaded.temperature_K == data.temperature_K and loaded.domain == {"H-H": 2.0}
+    x = data.positions[:3].astype(np.float64)
+    for frame in x:
+        a, b = beads_to_atoms(data.beads, frame), beads_to_atoms(data.beads, frame)
+        a.calc = EqGNNCalculator(model, dtype=dtype, domain_check="off")
+        b.calc = EqGNNCalculator(path, dtype=dtype, domain_check="off")
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), rel=1e-6, abs=1e-6)
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), rtol=1e-5, atol=1e-5)
+
+
+def Potential_state_names(model):
+    from ase_eqgnn.models.potential import Potential
+    return list(torch.nn.Module.state_dict(model).keys())
+
+
+def _reseal(path, out, edit):
+    raw = torch.load(path, weights_only=True)
+    import json
+    config = json.loads(raw["config_json"])
+    edit(config)
+    raw["config_json"] = json.dumps(config)
+    raw["sha256"] = payload_digest(raw)
+    torch.save(raw, out)
+    return out
+
+
+def test_tampered_or_absurd_prior_is_refused(data, tmp_path):
+    path = tmp_path / "cg.pt"
+    save_model(make_cg(data), path)
+    # an edit without re-sealing: the digest
+    raw = torch.load(path, weights_only=True)
+    raw["config_json"] = raw["config_json"].replace('"temperature_K": 300.0', '"temperature_K": 301.0', 1)
+    torch.save(raw, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="digest"):
+        load_model(tmp_path / "edited.pt")
+
+    def set_prior(key, value):
+        def edit(config):
+            config["cg"]["prior"][key] = value
+        return edit
+
+    cases = {
+        "k_bond": set_prior("k_bond", [1e9] * 4),
+        "r0": set_prior("r0", [-1.0, 1.4, 1.5, 1.3]),
+        "epsilon": set_prior("epsilon", 1e6),
+        "bonds": set_prior("bonds", [[0, 1], [1, 2], [2, 3], [3, 9]]),
+        "pair": set_prior("pairs", [[0, 0], [1, 4]]),
+        "temperature": lambda c: c["cg"].update(temperature_K=-5.0),
+        "bead types": lambda c: c["cg"]["beads"].update(types=["A"] * 5),
+        "keys": lambda c: c["cg"].update(code="import os"),
+        "version": None,
+    }
+    for name, edit in cases.items():
+        if edit is None:  # a coarse-grained section in a file claiming version 2
+            raw = torch.load(path, weights_only=True)
+            raw["format_version"] = 2
+            raw["sha256"] = payload_digest(raw)
+            torch.save(raw, tmp_path / "v2.pt")
+            bad = tmp_path / "v2.pt"
+        else:
+            bad = _reseal(path, tmp_path / f"{name}.pt", edit)
+        with pytest.raises(CheckpointError, match="invalid config"):
+            load_model(bad)
+        with pytest.raises(CheckpointError):
+            EqGNNCalculator(bad)
+
+
+def test_structures_that_are_not_the_molecule(data):
+    model = make_cg(data)
+    calc = EqGNNCalculator(model, dtype="float64", domain_check="off")
+    x = data.positions[0].astype(np.float64)
+    swapped = beads_to_atoms(data.beads, x)
+    swapped.numbers = swapped.numbers[[1, 0, 2, 3, 4]]
+    swapped.calc = calc
+    with pytest.raises(ValueError, match="not this model's molecule"):
+        swapped.get_potential_energy()
+    broken = beads_to_atoms(data.beads, x)
+    broken.positions[3:] += [20.0, 0, 0]  # bond 2-3 far beyond the cutoff
+    broken.calc = calc
+    with pytest.raises(OutOfDomainError, match="broken apart"):
+        broken.get_potential_energy()
+    periodic = beads_to_atoms(data.beads, x)
+    periodic.cell, periodic.pbc = np.eye(3) * 30, True
+    periodic.calc = calc
+    with pytest.raises(ValueError, match="non-periodic"):
+        periodic.get_potential_energy()
+
+
+def test_check_cg_record_needs_the_network_species(data):
+    record = make_cg(data).config["cg"]
+    check_cg_record(record, [1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match="network knows"):
+        check_cg_record(record, [1, 2, 3, 4, 5, 6])
