@@ -196,3 +196,67 @@ def test_check_cg_record_needs_the_network_species(data):
     check_cg_record(record, [1, 2, 3, 4, 5])
     with pytest.raises(ValueError, match="network knows"):
         check_cg_record(record, [1, 2, 3, 4, 5, 6])
+
+
+# -- training by force matching with the package's trainer -------------------------------------
+ALA2_TEST = ROOT / "training/data/ala2_test.h5"
+
+
+def test_trainer_with_cg_map_reduces_the_force_loss_and_writes_a_cg_model(tmp_path):
+    from ase_eqgnn.cg.forcematch import map_frames
+    from ase_eqgnn.cg.maps import ala2_five_bead_map
+    from ase_eqgnn.data import read_dataset
+    from ase_eqgnn.structures import structure_path
+    from ase_eqgnn.train import TrainConfig, train
+    import mdtraj as md
+
+    cfg = TrainConfig(data=str(ALA2_TEST), energies=str(ALA2_TEST.with_suffix(".npz")), index="::2",
+                      cg_map="ala2-5bead", temperature=300.0, out=str(tmp_path / "run"), max_epochs=6,
+                      batch_size=16, hparams={"features": 16, "layers": 1}, progress=False, lr=3e-3,
+                      valid_fraction=0.1, energy_weight=1.0)
+    result = train(cfg)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert np.isnan(result.best_metrics["energy_mae"]) and result.best_metrics["forces_mae"] > 0
+    model = load_model(tmp_path / "run/best.pt")
+    assert isinstance(model, CGPotential) and model.temperature_K == 300.0
+    top = md.load_topology(str(structure_path("ala2")))
+    assert model.cg_map == ala2_five_bead_map(top)
+    # the priors are those of the training beads (the random split's training part)
+    frames = read_dataset(ALA2_TEST, energies=ALA2_TEST.with_suffix(".npz"), index="::2")
+    from ase_eqgnn.data import split_dataset
+    train_frames, _ = split_dataset(frames, 0.1, seed=0)
+    x, _ = map_frames(train_frames, model.cg_map)
+    assert model.config["cg"]["prior"] == CGPrior.fit(x, 300.0).to_dict()
+    atoms = beads_to_atoms(tmp_path / "run/best.pt", x[0])
+    atoms.calc = EqGNNCalculator(tmp_path / "run/best.pt")
+    assert atoms.get_forces().shape == (5, 3) and np.isfinite(atoms.get_potential_energy())
+
+
+def test_eqgnn_train_cg_options_are_checked_before_anything_is_written(tmp_path, capsys):
+    from ase_eqgnn.cli.train import main
+
+    base = ["--data", str(ALA2_TEST), "--energies", str(ALA2_TEST.with_suffix(".npz")), "--no-progress"]
+    cases = {"unknown CG map": ["--cg-map", "martini"],
+             "temperature": ["--cg-map", "ala2-5bead", "--temperature", "-3"],
+             "forces alone": ["--cg-map", "ala2-5bead", "--forces-weight", "0"],
+             "at least 2 beads": ["--cg-map", "ca"],  # ala2 has one alpha carbon
+             "does not exist": ["--cg-map", "nowhere/map.json"]}
+    for k, (needle, extra) in enumerate(cases.items()):
+        out = tmp_path / f"run{k}"
+        assert main(base + extra + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("eqgnn-train: error:") and needle in err and err.count("\n") == 1
+        assert not out.exists()
+
+
+def test_trainer_on_a_cg_data_set(tmp_path):
+    from ase_eqgnn.train import TrainConfig, train
+
+    cfg = TrainConfig(data=str(DATASET), index="::200", cg_map="data", out=str(tmp_path / "run"),
+                      max_epochs=2, batch_size=16, hparams={"features": 8, "layers": 1}, progress=False)
+    train(cfg)
+    model = load_model(tmp_path / "run/best.pt")
+    assert model.beads == load_cg_dataset(DATASET).beads
+    with pytest.raises(ValueError, match="sampled at 300 K"):
+        train(TrainConfig(data=str(DATASET), cg_map="data", temperature=310.0, out=str(tmp_path / "r2")))

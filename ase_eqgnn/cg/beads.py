@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
@@ -39,7 +40,7 @@ from ase.data import atomic_masses
 
 from .maps import CGMap
 
-__all__ = ["BeadSet", "beads_to_atoms", "MAX_BEAD_TYPES"]
+__all__ = ["BeadSet", "beads_to_atoms", "bead_set_of", "MAX_BEAD_TYPES"]
 
 MAX_BEAD_TYPES = 118
 
@@ -111,11 +112,40 @@ class BeadSet:
         return isinstance(other, BeadSet) and self.to_dict() == other.to_dict()
 
 
-def beads_to_atoms(beads: BeadSet, positions):
-    """``ase.Atoms`` of the beads at ``positions`` [n_beads, 3] (Å): numbers = type codes, masses =
-    bead masses, no cell, no periodicity, no calculator."""
+def bead_set_of(model) -> BeadSet:
+    """The :class:`BeadSet` of ``model``: a bead set, a CG potential (its ``beads``), or a CG model
+    file path or bundled potential name (``"ala2-cg"``). ValueError for a model without beads."""
+    if isinstance(model, BeadSet):
+        return model
+    beads = getattr(model, "beads", None)
+    if isinstance(beads, BeadSet):
+        return beads
+    if isinstance(model, (str, os.PathLike)):
+        from ..checkpoint import load_model
+        from ..pretrained import resolve_model
+
+        path = resolve_model(model, kind="potential")
+        beads = getattr(load_model(path), "beads", None)
+        if isinstance(beads, BeadSet):
+            return beads
+        raise ValueError(f"{model} is an all-atom potential, not a coarse-grained one: it has no beads")
+    raise ValueError(f"expected a CG model file, a bundled CG model name, a CG potential or a BeadSet, "
+                     f"got {type(model).__name__}")
+
+
+def beads_to_atoms(model, positions):
+    """``ase.Atoms`` of the beads of ``model`` at ``positions`` [n_beads, 3] (Å): numbers = type
+    codes, masses = bead masses, no cell, no periodicity, no calculator.
+
+    ``model``: a CG model file or bundled name (``"ala2-cg"``), a
+    :class:`~.potential.CGPotential`, or a :class:`BeadSet`::
+
+        atoms = beads_to_atoms("ala2-cg", x)
+        atoms.calc = EqGNNCalculator.from_pretrained("ala2-cg")
+    """
     from ase import Atoms
 
+    beads = bead_set_of(model)
     x = np.asarray(positions, dtype=np.float64)
     if x.shape != (beads.n_beads, 3):
         raise ValueError(f"bead positions have shape {x.shape}, expected ({beads.n_beads}, 3)")
