@@ -260,3 +260,61 @@ def test_trainer_on_a_cg_data_set(tmp_path):
     assert model.beads == load_cg_dataset(DATASET).beads
     with pytest.raises(ValueError, match="sampled at 300 K"):
         train(TrainConfig(data=str(DATASET), cg_map="data", temperature=310.0, out=str(tmp_path / "r2")))
+
+
+# -- bead structures and CG MD ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cg_file(data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cg") / "cg.pt"
+    model = make_cg(data, "painn", dtype=torch.float32)
+    save_model(model, path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["extxyz", "traj"])
+def test_beads_to_atoms_from_a_model_file_round_trips_through_ase_io(data, cg_file, tmp_path, fmt):
+    import ase.io
+
+    atoms = beads_to_atoms(cg_file, data.positions[5])
+    assert atoms.numbers.tolist() == data.beads.numbers.tolist()
+    np.testing.assert_allclose(atoms.get_masses(), data.beads.masses)
+    path = tmp_path / f"beads.{fmt}"
+    ase.io.write(path, atoms, format=fmt)
+    back = ase.io.read(path)
+    assert back.numbers.tolist() == atoms.numbers.tolist()
+    np.testing.assert_allclose(back.get_masses(), atoms.get_masses())
+    np.testing.assert_allclose(back.positions, atoms.positions, atol=1e-6)
+    with pytest.raises(ValueError, match="not a coarse-grained one"):
+        beads_to_atoms("ala2", data.positions[5])
+    with pytest.raises(ValueError, match="shape"):
+        beads_to_atoms(cg_file, data.positions[5][:4])
+
+
+def test_eqgnn_md_runs_langevin_on_a_bead_file_at_the_data_temperature(data, cg_file, tmp_path, capsys):
+    import ase.io
+    import json
+
+    from ase_eqgnn.cli.md import main
+
+    beads = tmp_path / "beads.xyz"
+    start = beads_to_atoms(cg_file, data.positions[0])
+    start.set_masses(np.ones(5))  # the model's masses win over the file's
+    ase.io.write(beads, start, format="extxyz")
+    out = tmp_path / "cg_md.traj"
+    rc = main([str(beads), "--model", str(cg_file), "--steps", "40", "--timestep", "2",
+               "--interval", "10", "--traj", str(out), "--log", "none", "--plot", "none",
+               "--json", str(tmp_path / "md.json"), "--no-progress", "--allow-out-of-domain"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "at 300.0 K" in text
+    frames = ase.io.read(out, ":")
+    assert len(frames) >= 4 and all(f.numbers.tolist() == [1, 2, 3, 4, 5] for f in frames)
+    np.testing.assert_allclose(frames[-1].get_masses(), data.beads.masses)
+    assert not np.allclose(frames[-1].positions, frames[0].positions)
+    assert json.loads((tmp_path / "md.json").read_text())["steps"] == 40
+    # an all-atom structure is not the model's molecule: one line, exit 2, nothing written
+    rc = main([str(ROOT / "ase_eqgnn/structures/ala2.pdb"), "--model", str(cg_file), "--steps", "5",
+               "--traj", str(tmp_path / "x.traj"), "--log", "none", "--plot", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not this coarse-grained model's molecule" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.traj").exists()

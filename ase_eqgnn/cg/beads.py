@@ -154,3 +154,24 @@ def beads_to_atoms(model, positions):
     atoms = Atoms(numbers=beads.numbers, positions=x)
     atoms.set_masses(beads.masses)
     return atoms
+
+
+def prepare_bead_structure(atoms, model, default_all_atom=None):
+    """The bead ``Atoms`` a CG ``model`` (:class:`~.potential.CGPotential`) simulates: ``atoms``
+    checked to be the model's molecule (numbers in its bead order) with the model's bead masses
+    set, or, when ``atoms`` is None, ``default_all_atom`` mapped by the model's CG map. ValueError
+    (one line) for anything else."""
+    beads = bead_set_of(model)
+    if atoms is None:
+        cg_map = getattr(model, "cg_map", None)
+        if default_all_atom is None or cg_map is None or cg_map.n_atoms != len(default_all_atom):
+            raise ValueError("a coarse-grained model needs a bead structure: give a file of its "
+                             f"{beads.n_beads} beads (ase_eqgnn.cg.beads_to_atoms makes one)")
+        return beads_to_atoms(beads, cg_map.bead_positions(default_all_atom.get_positions()))
+    if len(atoms) != beads.n_beads or np.any(atoms.numbers != beads.numbers):
+        raise ValueError(f"the structure ({len(atoms)} atoms, numbers {atoms.numbers.tolist()[:8]}) is "
+                         f"not this coarse-grained model's molecule: {beads.n_beads} beads with numbers "
+                         f"{beads.numbers.tolist()} (ase_eqgnn.cg.beads_to_atoms makes one)")
+    atoms = atoms.copy()
+    atoms.set_masses(beads.masses)  # the model defines the beads' masses, whatever the file held
+    return atoms
