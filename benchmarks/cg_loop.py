@@ -19,14 +19,14 @@ A benchmark, not a test. Sections (each in the JSON report and printed):
   for which a short NVE run (after Langevin thermalisation at the same ``dt``) keeps the RMS
   fluctuation of the total energy below ``--dt-tolerance`` (default 5 %) of the kinetic energy's.
 
-The CG potential: ``--cg-model prior`` uses the CG priors fitted to the CG dataset alone (bonds,
-angles, repulsion; no network, so no (phi, psi) preferences: a baseline and the phase-1 stand-in).
-Phase 2 adds CG checkpoints (``--cg-model ala2-cg`` or a path) through ``EqGNNCalculator``.
+The CG potential: ``--cg-model`` a CG model file or bundled name (default ``ala2-cg``) through
+``EqGNNCalculator``; ``prior`` uses the CG priors fitted to the CG dataset alone (bonds, angles,
+repulsion; no network, so no (phi, psi) preferences: a baseline).
 ``--cg-traj`` compares an existing CG trajectory (any ``ase.io`` format of bead ``Atoms``) instead of
 running CG MD here; ``--cg-traj dataset`` takes the CG dataset's own frames (the all-atom runs mapped
 to beads: the control, which must meet every target).
 
-    python benchmarks/cg_loop.py --cg-model prior --cg-ns 0.2 --json cg_loop.json --plot rama.png
+    python benchmarks/cg_loop.py --cg-model ala2-cg --cg-ns 0.2 --json cg_loop.json --plot rama.png
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from ase.md.verlet import VelocityVerlet
 from ase_eqgnn.cg import ramachandran as rama
 from ase_eqgnn.cg.beads import beads_to_atoms
 from ase_eqgnn.cg.forcematch import load_cg_dataset
+from ase_eqgnn.cg.loop import TARGETS, backmap_report, fes_report, run_cg_md
 from ase_eqgnn.cg.priors import CGPrior
+from ase_eqgnn.pretrained import resolve_model
 from ase_eqgnn.simulate import langevin_nvt, thermalize
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "training" / "data"
-TARGETS = {"basin_threshold": 0.01, "max_population_difference_points": 10.0, "js_divergence": 0.05,
-           "valid_ratio": 0.98}
 
 
 class PriorCalculator(Calculator):
@@ -71,9 +71,15 @@ class PriorCalculator(Calculator):
 
 
 def cg_calculator(name: str, dataset):
+    """'prior': the priors alone (a baseline); else a CG model file or bundled name."""
     if name == "prior":
         return PriorCalculator(CGPrior.fit(dataset.positions, dataset.temperature_K))
-    raise SystemExit(f"--cg-model {name!r}: only 'prior' exists before the CG checkpoint (phase 2)")
+    from ase_eqgnn import EqGNNCalculator
+
+    calc = EqGNNCalculator(resolve_model(name, kind="potential"), dtype="float32")
+    if getattr(calc.model, "beads", None) != dataset.beads:
+        raise SystemExit(f"--cg-model {name}: not a CG model of the dataset's beads")
+    return calc
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -88,44 +94,16 @@ def reference_section(reference: dict) -> dict:
 
 
 def fes_section(bead_xyz: np.ndarray, reference: dict) -> dict:
-    phi, psi = rama.bead_phi_psi(bead_xyz)
-    out = rama.compare_surfaces(phi, psi, ref_histogram=np.array(reference["histogram"]),
-                                ref_populations=reference["populations"], bin_deg=reference["bin_deg"],
-                                basin_threshold=TARGETS["basin_threshold"])
-    out["frames"] = int(len(phi))
-    out["meets_targets"] = bool(not out["unvisited_basins"]
-                                and out["max_population_difference_points"] <= TARGETS["max_population_difference_points"]
-                                and out["js_divergence"] <= TARGETS["js_divergence"])
-    return out
+    return fes_report(bead_xyz, ref_histogram=np.array(reference["histogram"]),
+                      ref_populations=reference["populations"], bin_deg=reference["bin_deg"])
 
 
 def backmap_section(bead_xyz: np.ndarray, backmapper: str, frames: int, seed: int) -> dict:
-    import mdtraj as md
-
     from ase_eqgnn.cg.backmap import BackMapper
-    from ase_eqgnn.cg.metrics import adjacency_from_bonds, bond_graph, clash_mask, graph_valid, has_clash
 
-    mapper = BackMapper.load(backmapper)
     pick = np.linspace(0, len(bead_xyz) - 1, min(frames, len(bead_xyz))).astype(int)
-    cg = bead_xyz[pick]
-    xyz = mapper.backmap(cg, samples=1, seed=seed)
-    elements = mapper.elements
-    heavy = np.array([e != "H" for e in elements])
-    topo = adjacency_from_bonds(len(elements), mapper.bonds)
-    adj = bond_graph(xyz, elements)
-    valid = graph_valid(adj, topo)
-    heavy_valid = graph_valid(adj[:, heavy][:, :, heavy], topo[heavy][:, heavy])
-    clash = has_clash(xyz, clash_mask(elements, mapper.bonds))
-    traj = md.Trajectory((xyz / 10.0).astype(np.float32), mapper.topology)
-    _, phi_aa = md.compute_phi(traj)
-    _, psi_aa = md.compute_psi(traj)
-    phi_cg, psi_cg = rama.bead_phi_psi(cg)
-    return {"frames": int(len(cg)), "backmapper": backmapper,
-            "valid_ratio": float(np.mean(valid)), "heavy_valid_ratio": float(np.mean(heavy_valid)),
-            "clash_ratio": float(np.mean(clash)),
-            "dihedrals_vs_beads": rama.dihedral_agreement(np.degrees(phi_aa[:, 0]), np.degrees(psi_aa[:, 0]),
-                                                          phi_cg, psi_cg),
-            "meets_targets": bool(np.mean(valid) >= TARGETS["valid_ratio"] and not np.any(clash))}
+    _, out = backmap_report(bead_xyz[pick], BackMapper.load(backmapper), seed=seed, with_dihedrals=True)
+    return {"backmapper": backmapper, **out}
 
 
 def _energy_fluctuation_ratio(atoms, dt_fs: float, steps: int) -> float:
@@ -197,25 +175,19 @@ def speed_section(dataset, cg_calc, args) -> dict:
     return out
 
 
-def run_cg_md(dataset, calc, ns: float, dt_fs: float, interval: int, seed: int) -> np.ndarray:
+def run_dataset_md(dataset, calc, ns: float, dt_fs: float, interval: int, seed: int) -> np.ndarray:
     """Langevin CG MD at the data's temperature from the dataset's first frame; frames [F, n, 3]."""
     atoms = beads_to_atoms(dataset.beads, dataset.positions[0])
-    atoms.calc = calc
-    rng = np.random.default_rng(seed)
-    thermalize(atoms, dataset.temperature_K, rng)
-    dyn = langevin_nvt(atoms, dt_fs, dataset.temperature_K, 0.01, rng)
-    frames = []
-    for _ in range(int(round(ns * 1e6 / dt_fs)) // interval):
-        dyn.run(interval)
-        frames.append(atoms.get_positions().copy())
-    return np.array(frames)
+    frames, _ = run_cg_md(atoms, calc, dataset.temperature_K, dt_fs, int(round(ns * 1e6 / dt_fs)),
+                          interval, seed)
+    return frames
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--reference", type=Path, default=DATA / "ala2_rama_reference.json")
     p.add_argument("--dataset", type=Path, default=DATA / "ala2_cg_5bead.npz")
-    p.add_argument("--cg-model", default="prior", help="'prior' (phase 1); a CG checkpoint in phase 2")
+    p.add_argument("--cg-model", default="ala2-cg", help="CG model file or bundled name; 'prior' = priors alone")
     p.add_argument("--cg-traj", help="compare this CG trajectory (or 'dataset') instead of running CG MD")
     p.add_argument("--cg-ns", type=float, default=0.1, help="CG MD length when no --cg-traj")
     p.add_argument("--cg-dt", type=float, default=2.0, help="CG MD time step (fs)")
@@ -248,7 +220,7 @@ def main(argv=None) -> None:
         report["cg_run"] = {"source": str(args.cg_traj), "frames": int(len(cg_xyz))}
     elif not {"fes", "backmap"} <= skip:
         t0 = time.perf_counter()
-        cg_xyz = run_cg_md(dataset, cg_calc, args.cg_ns, args.cg_dt, 100, args.seed)
+        cg_xyz = run_dataset_md(dataset, cg_calc, args.cg_ns, args.cg_dt, 100, args.seed)
         report["cg_run"] = {"model": args.cg_model, "ns": args.cg_ns, "timestep_fs": args.cg_dt,
                             "frames": int(len(cg_xyz)), "wall_s": time.perf_counter() - t0}
     if "fes" not in skip:
