@@ -75,7 +75,10 @@ PRIOR_BOUNDS = {
     "epsilon": (0.0, 10.0),                             # eV
     "exponent": (1, 24),
     "temperature_K": (1.0, 1e4),
+    "dihedral_cos": (-10.0, 10.0), "dihedral_sin": (-10.0, 10.0),   # eV
 }
+#: Highest order of a dihedral's Fourier series a model file may hold.
+MAX_DIHEDRAL_ORDER = 12
 
 
 def _in_bounds(name: str, values) -> None:
@@ -107,9 +110,16 @@ def check_cg_record(record: Any, species) -> Dict[str, Any]:
         if name not in prior_data:
             raise ValueError(f"the prior lacks {name}")
         _in_bounds(name, prior_data[name])
+    for name in ("dihedral_cos", "dihedral_sin"):
+        values = prior_data.get(name, [])
+        if np.asarray(values, dtype=np.float64).size:
+            _in_bounds(name, values)
+            if np.asarray(values, dtype=np.float64).ndim != 2 or \
+                    np.asarray(values).shape[1] > MAX_DIHEDRAL_ORDER:
+                raise ValueError(f"prior {name} must be [dihedrals, order <= {MAX_DIHEDRAL_ORDER}]")
     if not float(prior_data["exponent"]).is_integer():
         raise ValueError(f"prior exponent must be an integer, found {prior_data['exponent']!r}")
-    for name, width in (("bonds", 2), ("angles", 3), ("pairs", 2)):
+    for name, width in (("bonds", 2), ("angles", 3), ("pairs", 2), ("dihedrals", 4)):
         t = np.asarray(prior_data.get(name, []), dtype=np.float64)
         if t.size > 3 * MAX_BEADS ** 2 or (t.size and (t.ndim != 2 or t.shape[1] != width)) or \
                 (t.size and (not np.all(t == np.round(t)) or t.min() < 0 or t.max() >= beads.n_beads)):

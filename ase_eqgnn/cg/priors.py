@@ -6,6 +6,8 @@ the prior energy (eV) is
     U(X) = sum_bonds  k_b / 2 (r_b - r0_b)^2                 r_b = |X_{i+1} - X_i|
          + sum_angles k_a / 2 (theta_a - theta0_a)^2         theta_a = angle(X_i, X_{i+1}, X_{i+2})
          + sum_pairs  eps (sigma_p / r_p)^n                  pairs |i - j| >= min_separation
+         + sum_dihedrals sum_{m=1..M} c_dm cos(m phi_d) + s_dm sin(m phi_d)
+                                                             phi_d = dihedral(X_i, ..., X_{i+3})
 
 Bonds join consecutive beads, angles consecutive triples; the repulsion acts between beads at least
 ``min_separation`` (default 3) apart along the chain, which the bond and angle terms leave free.
@@ -16,7 +18,13 @@ Fit (:meth:`CGPrior.fit`), by Boltzmann inversion of the data at its temperature
 
     r0 = mean(r),   k_b = kT / var(r)       (and likewise theta0, k_a from the angles)
 
-(CGnet's rule). It neglects the Jacobians (r^2 for a distance, sin(theta) for an angle) in the
+(CGnet's rule), and for each dihedral of consecutive quadruples (IUPAC sign, as
+:func:`ase_eqgnn.cg.ramachandran.dihedrals`) the Fourier series of order M (default 4) closest in
+least squares to its Boltzmann-inverted distribution ``-kT ln p(phi)`` on 36 bins (bins the data
+never visit are set kT above the highest visited one). Why dihedrals: every model family here is
+invariant under reflections, so a network alone gives a molecule and its mirror image the same
+free energy; a chain's dihedral is odd under reflection, and the ``sin`` terms are what tell a
+left-handed from a right-handed backbone (ala2: alpha_R is populated, alpha_L not). It neglects the Jacobians (r^2 for a distance, sin(theta) for an angle) in the
 coordinate's distribution; for the stiff bonds and angles of a backbone map (relative spread of a
 few per cent) the mean shifts by var/r0 or var*cot(theta0), far below the spread itself. The
 repulsion takes ``sigma_p`` = the shortest distance of pair ``p`` in the data and ``eps = kT``: it
@@ -44,7 +52,8 @@ import numpy as np
 import torch
 from ase import units
 
-__all__ = ["CGPrior", "bond_lengths", "bond_angles", "chain_terms"]
+__all__ = ["CGPrior", "bond_lengths", "bond_angles", "chain_terms", "chain_dihedrals", "dihedral_angles",
+           "fit_dihedral_series"]
 
 
 def chain_terms(n_beads: int, min_separation: int = 3) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,6 +69,36 @@ def chain_terms(n_beads: int, min_separation: int = 3) -> Tuple[np.ndarray, np.n
     pairs = np.array([(a, b) for a in range(n_beads) for b in range(a + min_separation, n_beads)],
                      dtype=np.int64).reshape(-1, 2)
     return bonds.astype(np.int64), angles.astype(np.int64), pairs
+
+
+def chain_dihedrals(n_beads: int) -> np.ndarray:
+    """Index array [n - 3, 4] of the dihedrals of consecutive quadruples of a chain."""
+    i = np.arange(max(n_beads - 3, 0))
+    return np.stack([i, i + 1, i + 2, i + 3], axis=1).astype(np.int64).reshape(-1, 4)
+
+
+def dihedral_angles(positions: torch.Tensor, quadruples: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles (radians, IUPAC sign) [..., D] of ``quadruples`` [D, 4]."""
+    a, b, c, d = (positions[..., quadruples[:, k], :] for k in range(4))
+    b1, b2, b3 = b - a, c - b, d - c
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    y = b2.norm(dim=-1) * (b1 * n2).sum(-1)
+    return torch.atan2(y, (n1 * n2).sum(-1))
+
+
+def fit_dihedral_series(phi: np.ndarray, kT: float, order: int, bins: int = 36) -> Tuple[np.ndarray, np.ndarray]:
+    """Fourier coefficients (cos [order], sin [order]; eV) of ``-kT ln p(phi)`` (phi radians
+    [frames]) by least squares on ``bins`` bins; unvisited bins kT above the highest visited."""
+    counts, edges = np.histogram(np.asarray(phi, dtype=np.float64), bins=bins, range=(-np.pi, np.pi))
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    visited = counts > 0
+    free = np.zeros(bins)
+    free[visited] = -kT * np.log(counts[visited] / counts.sum())
+    free[~visited] = free[visited].max() + kT
+    m = np.arange(1, order + 1)
+    basis = np.concatenate([np.ones((bins, 1)), np.cos(centres[:, None] * m), np.sin(centres[:, None] * m)], 1)
+    coef, *_ = np.linalg.lstsq(basis, free, rcond=None)
+    return coef[1:order + 1], coef[order + 1:]
 
 
 def bond_lengths(positions: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -86,7 +125,8 @@ class CGPrior(torch.nn.Module):
     """
 
     def __init__(self, bonds, angles, pairs, r0, k_bond, theta0, k_angle, sigma,
-                 epsilon: float, exponent: int = 12, temperature_K: float = 300.0) -> None:
+                 epsilon: float, exponent: int = 12, temperature_K: float = 300.0,
+                 dihedrals=(), dihedral_cos=(), dihedral_sin=()) -> None:
         super().__init__()
         f64 = dict(dtype=torch.float64)
         tensors = {"bonds": torch.as_tensor(np.asarray(bonds), dtype=torch.long).reshape(-1, 2),
@@ -96,7 +136,16 @@ class CGPrior(torch.nn.Module):
                    "k_bond": torch.as_tensor(np.asarray(k_bond), **f64).reshape(-1),
                    "theta0": torch.as_tensor(np.asarray(theta0), **f64).reshape(-1),
                    "k_angle": torch.as_tensor(np.asarray(k_angle), **f64).reshape(-1),
-                   "sigma": torch.as_tensor(np.asarray(sigma), **f64).reshape(-1)}
+                   "sigma": torch.as_tensor(np.asarray(sigma), **f64).reshape(-1),
+                   "dihedrals": torch.as_tensor(np.asarray(dihedrals), dtype=torch.long).reshape(-1, 4)}
+        n_dihedrals = tensors["dihedrals"].shape[0]
+        for name, values in (("dihedral_cos", dihedral_cos), ("dihedral_sin", dihedral_sin)):
+            t = torch.as_tensor(np.asarray(values), **f64)
+            tensors[name] = t.reshape(n_dihedrals, -1) if t.numel() else t.reshape(n_dihedrals, 0)
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"prior constants {name} must be finite")
+        if tensors["dihedral_cos"].shape != tensors["dihedral_sin"].shape:
+            raise ValueError("dihedral_cos and dihedral_sin need one row of one order per dihedral")
         for name, ref, key in (("r0", "bonds", "bond"), ("k_bond", "bonds", "bond"),
                                ("theta0", "angles", "angle"), ("k_angle", "angles", "angle"),
                                ("sigma", "pairs", "pair")):
@@ -113,7 +162,7 @@ class CGPrior(torch.nn.Module):
         if tensors["bonds"].numel() == 0:
             raise ValueError("a CG prior needs at least one bond")
         n_beads = int(tensors["bonds"].max()) + 1
-        for name in ("bonds", "angles", "pairs"):
+        for name in ("bonds", "angles", "pairs", "dihedrals"):
             t = tensors[name]
             same = any(bool((t[:, a] == t[:, b]).any()) for a in range(t.shape[1])
                        for b in range(a + 1, t.shape[1]))
@@ -130,9 +179,10 @@ class CGPrior(torch.nn.Module):
 
     @classmethod
     def fit(cls, positions, temperature_K: float = 300.0, *, min_separation: int = 3,
-            exponent: int = 12) -> "CGPrior":
+            exponent: int = 12, dihedral_order: int = 4) -> "CGPrior":
         """Fit to bead positions [frames, n_beads, 3] (Å) sampled at ``temperature_K`` (module
-        docstring's rules). Needs frames in which every bond and angle fluctuates."""
+        docstring's rules; ``dihedral_order`` 0: no dihedral terms). Needs frames in which every
+        bond and angle fluctuates."""
         x = torch.as_tensor(np.asarray(positions) if not torch.is_tensor(positions) else positions,
                             dtype=torch.float64).detach().cpu()
         if x.ndim != 3 or x.shape[-1] != 3 or x.shape[0] < 2:
@@ -149,8 +199,25 @@ class CGPrior(torch.nn.Module):
             if values.numel() and bool((values.var(0) <= 0).any()):
                 raise ValueError(f"a {name} does not fluctuate in the data: cannot fit its constant")
         sigma = bond_lengths(x, pairs).amin(0)
+        quads = torch.as_tensor(chain_dihedrals(x.shape[1]) if dihedral_order > 0 else np.zeros((0, 4)),
+                                dtype=torch.long)
+        phi = dihedral_angles(x, quads).numpy()
+        series = [fit_dihedral_series(phi[:, d], kT, int(dihedral_order)) for d in range(len(quads))]
         return cls(bonds, angles, pairs, r.mean(0), kT / r.var(0), theta.mean(0), kT / theta.var(0),
-                   sigma, epsilon=kT, exponent=exponent, temperature_K=temperature_K)
+                   sigma, epsilon=kT, exponent=exponent, temperature_K=temperature_K,
+                   dihedrals=quads, dihedral_cos=[c for c, _ in series], dihedral_sin=[s for _, s in series])
+
+    def _dihedral_energies(self, positions: torch.Tensor) -> torch.Tensor:
+        """[..., D] eV: each dihedral's Fourier series."""
+        order = self.dihedral_cos.shape[1]
+        if order == 0 or self.dihedrals.shape[0] == 0:
+            return positions.new_zeros(positions.shape[:-2] + (self.dihedrals.shape[0],))
+        phi = dihedral_angles(positions, self.dihedrals)
+        m = torch.arange(1, order + 1, dtype=positions.dtype, device=positions.device)
+        angle = phi[..., None] * m
+        dtype = positions.dtype
+        return (self.dihedral_cos.to(dtype) * torch.cos(angle)
+                + self.dihedral_sin.to(dtype) * torch.sin(angle)).sum(-1)
 
     def terms(self, positions: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Energies (eV) of the bond, angle and repulsion terms, each [...]."""
@@ -162,6 +229,7 @@ class CGPrior(torch.nn.Module):
             "bonds": (0.5 * self.k_bond.to(dtype) * (r - self.r0.to(dtype)) ** 2).sum(-1),
             "angles": (0.5 * self.k_angle.to(dtype) * (theta - self.theta0.to(dtype)) ** 2).sum(-1),
             "repulsion": (self.epsilon * (self.sigma.to(dtype) / d) ** self.exponent).sum(-1),
+            "dihedrals": self._dihedral_energies(positions).sum(-1),
         }
 
     def bead_energies(self, positions: torch.Tensor) -> torch.Tensor:
@@ -179,6 +247,7 @@ class CGPrior(torch.nn.Module):
             (self.bonds, 0.5 * self.k_bond.to(dtype) * (r - self.r0.to(dtype)) ** 2),
             (self.angles, 0.5 * self.k_angle.to(dtype) * (theta - self.theta0.to(dtype)) ** 2),
             (self.pairs, self.epsilon * (self.sigma.to(dtype) / d) ** self.exponent),
+            (self.dihedrals, self._dihedral_energies(positions)),
         )
         for index, energy in per_term:
             share = energy / index.shape[1]
@@ -204,19 +273,22 @@ class CGPrior(torch.nn.Module):
     # -- serialisation (plain numbers: a checkpoint stores it as JSON, nothing is unpickled) -----
     def to_dict(self) -> Dict:
         out = {name: getattr(self, name).tolist() for name in
-               ("bonds", "angles", "pairs", "r0", "k_bond", "theta0", "k_angle", "sigma")}
+               ("bonds", "angles", "pairs", "r0", "k_bond", "theta0", "k_angle", "sigma",
+                "dihedrals", "dihedral_cos", "dihedral_sin")}
         out.update(epsilon=self.epsilon, exponent=self.exponent, temperature_K=self.temperature_K)
         return out
 
     @classmethod
     def from_dict(cls, data: Dict) -> "CGPrior":
         keys = {"bonds", "angles", "pairs", "r0", "k_bond", "theta0", "k_angle", "sigma", "epsilon",
-                "exponent", "temperature_K"}
-        if set(data) != keys:
+                "exponent", "temperature_K", "dihedrals", "dihedral_cos", "dihedral_sin"}
+        optional = {"dihedrals", "dihedral_cos", "dihedral_sin"}  # a prior without dihedral terms
+        if not keys - optional <= set(data) <= keys:
             raise ValueError(f"CG prior keys must be {sorted(keys)}; missing "
                              f"{sorted(keys - set(data))}, unknown {sorted(set(data) - keys)}")
         return cls(**data)
 
     def extra_repr(self) -> str:
         return (f"bonds={len(self.bonds)}, angles={len(self.angles)}, pairs={len(self.pairs)}, "
+                f"dihedrals={len(self.dihedrals)} (order {self.dihedral_cos.shape[1]}), "
                 f"T={self.temperature_K:g} K, repulsion eps={self.epsilon:.4g} eV n={self.exponent}")
