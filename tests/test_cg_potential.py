@@ -348,3 +348,21 @@ def test_dihedral_prior_recovers_a_chiral_distribution_and_is_odd_under_reflecti
     torch.testing.assert_close(dihedral_angles(mirror, prior.dihedrals), -dihedral_angles(xt, prior.dihedrals))
     assert not torch.allclose(prior(mirror), prior(xt))
     assert CGPrior.fit(x, 300.0, dihedral_order=0).dihedrals.shape == (0, 4)
+
+
+def test_replica_langevin_samples_the_prior_boltzmann_distribution(data):
+    """With the network switched off, the replicas' bond lengths follow the harmonic prior:
+    mean r0 and variance kT / k (as fitted from the data: the data's own mean and variance)."""
+    from ase import units
+    from ase_eqgnn.cg.loop import run_replicas
+    from ase_eqgnn.cg.priors import bond_lengths
+
+    model = make_cg(data, "egnn")
+    with torch.no_grad():
+        model.scale.fill_(0.0)
+    frames, info = run_replicas(model, data.positions[0], 300.0, 2.0, 600, 64, 10, seed=1)
+    assert frames.shape == (60, 64, 5, 3) and info["simulated_ns"] == pytest.approx(64 * 600 * 2e-6)
+    r = bond_lengths(torch.as_tensor(frames[20:].reshape(-1, 5, 3)), model.prior.bonds).numpy()
+    kT = units.kB * 300.0
+    np.testing.assert_allclose(r.mean(0), model.prior.r0.numpy(), atol=0.01)
+    np.testing.assert_allclose(r.var(0), kT / model.prior.k_bond.numpy(), rtol=0.2)

@@ -4,6 +4,8 @@ Used by ``eqgnn-cg`` and ``benchmarks/cg_loop.py``:
 
 - :func:`run_cg_md`: Langevin MD of a bead ``Atoms`` (with a CG calculator) at a temperature;
   returns the frames every ``interval`` steps and the speed;
+- :func:`run_replicas`: many independent Langevin copies of one CG molecule integrated together
+  (BAOAB, one batched model call per step): the way to sample a free-energy surface on a CPU;
 - :func:`backmap_report`: back-maps bead frames with a :class:`~.backmap.BackMapper` and measures
   the all-atom ensemble: the fraction of structures whose bond graph (bonds by covalent radii) is
   the topology's (``valid_ratio``), the fraction with a clash (heavy atoms more than three bonds
@@ -24,14 +26,16 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import replace
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from . import ramachandran as rama
 
-__all__ = ["run_cg_md", "backmap_report", "fes_report", "TARGETS", "is_ala2_five_bead"]
+__all__ = ["run_cg_md", "run_replicas", "backmap_report", "fes_report", "TARGETS", "is_ala2_five_bead"]
 
 TARGETS = {"basin_threshold": 0.01, "max_population_difference_points": 10.0, "js_divergence": 0.05,
            "valid_ratio": 0.98}
@@ -63,6 +67,73 @@ def run_cg_md(atoms, calc, temperature_K: float, timestep_fs: float, steps: int,
         "steps": done, "timestep_fs": timestep_fs, "wall_s": wall, "steps_per_s": rate,
         "ns_per_day": rate * timestep_fs * 86400e-6,
         "temperature_mean_K": float(np.mean(temperatures)) if temperatures else float("nan")}
+
+
+def run_replicas(model, start: np.ndarray, temperature_K: float, timestep_fs: float, steps: int,
+                 replicas: int, interval: int, seed: int = 0, friction_per_fs: float = 0.01,
+                 dtype=None) -> Tuple[np.ndarray, Dict]:
+    """Langevin dynamics (BAOAB, Leimkuhler & Matthews 2013) of ``replicas`` independent copies of
+    a CG molecule, all from the bead positions ``start`` [n, 3] (Å) with Maxwell-Boltzmann
+    velocities, evaluated together by ``model`` (a :class:`~.potential.CGPotential`; masses its
+    beads'). Returns frames [steps // interval, replicas, n, 3] (Å) and the speed
+    (``replica_steps_per_s``: steps of one molecule per second of this run)::
+
+        v += dt/2 F/m;  x += dt/2 v;  v = c v + sqrt((1 - c^2) kT/m) xi;  x += dt/2 v;
+        F = F(x);  v += dt/2 F/m            (c = exp(-friction dt))
+    """
+    import torch
+    from ase import units
+
+    from ..graph import AtomicGraph
+    from ..keys import FORCES
+
+    dtype = dtype or model.dtype
+    n = model.beads.n_beads
+    gen = torch.Generator().manual_seed(int(seed))
+    mass = torch.as_tensor(np.tile(model.beads.masses, replicas), dtype=dtype)[:, None]
+    kT = units.kB * float(temperature_K)
+    dt = float(timestep_fs) * units.fs
+    c = math.exp(-float(friction_per_fs) * float(timestep_fs))
+    x = torch.as_tensor(np.tile(np.asarray(start, dtype=np.float64), (replicas, 1)), dtype=dtype)
+    v = torch.randn(x.shape, generator=gen, dtype=dtype) * torch.sqrt(kT / mass)
+    numbers = torch.as_tensor(np.tile(model.beads.numbers, replicas), dtype=torch.long)
+    template = AtomicGraph(positions=x, numbers=numbers, cell=torch.zeros(replicas, 3, 3, dtype=dtype),
+                           pbc=torch.zeros(replicas, 3, dtype=torch.bool),
+                           batch=torch.arange(replicas).repeat_interleave(n))
+
+    # the pairs of each copy within the cutoff (copies never interact): from all pairs of one copy
+    i, j = np.nonzero(~np.eye(n, dtype=bool))
+    offsets = (np.arange(replicas) * n)[:, None]
+    all_pairs = torch.as_tensor(np.stack([(offsets + i).ravel(), (offsets + j).ravel()]))
+
+    def forces(pos):
+        keep = (pos[all_pairs[1]] - pos[all_pairs[0]]).norm(dim=-1) < model.cutoff
+        edges = all_pairs[:, keep]
+        graph = replace(template, positions=pos, edge_index=edges,
+                        shifts=torch.zeros(edges.shape[1], 3, dtype=dtype))
+        return model(graph, forces=True)[FORCES].detach()
+
+    f = forces(x)
+    frames = []
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        v = v + 0.5 * dt * f / mass
+        x = x + 0.5 * dt * v
+        v = c * v + math.sqrt(1 - c * c) * torch.sqrt(kT / mass) * torch.randn(x.shape, generator=gen,
+                                                                              dtype=dtype)
+        x = x + 0.5 * dt * v
+        f = forces(x)
+        v = v + 0.5 * dt * f / mass
+        if step % interval == 0:
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"the CG replicas blew up at step {step}: a shorter time step")
+            frames.append(x.reshape(replicas, n, 3).double().numpy().copy())
+    wall = time.perf_counter() - t0
+    kinetic = float((0.5 * mass * v * v).sum()) / replicas
+    return np.array(frames).reshape(-1, replicas, n, 3), {
+        "replicas": replicas, "steps": steps, "timestep_fs": timestep_fs, "wall_s": wall,
+        "replica_steps_per_s": replicas * steps / wall, "simulated_ns": replicas * steps * timestep_fs * 1e-6,
+        "temperature_end_K": 2 * kinetic / (3 * n * units.kB)}
 
 
 def is_ala2_five_bead(cg_map, topology) -> bool:
