@@ -45,7 +45,7 @@ from ase.md.verlet import VelocityVerlet
 from ase_eqgnn.cg import ramachandran as rama
 from ase_eqgnn.cg.beads import beads_to_atoms
 from ase_eqgnn.cg.forcematch import load_cg_dataset
-from ase_eqgnn.cg.loop import TARGETS, backmap_report, fes_report, run_cg_md
+from ase_eqgnn.cg.loop import backmap_report, fes_report, run_cg_md, run_replicas
 from ase_eqgnn.cg.priors import CGPrior
 from ase_eqgnn.pretrained import resolve_model
 from ase_eqgnn.simulate import langevin_nvt, thermalize
@@ -175,12 +175,25 @@ def speed_section(dataset, cg_calc, args) -> dict:
     return out
 
 
-def run_dataset_md(dataset, calc, ns: float, dt_fs: float, interval: int, seed: int) -> np.ndarray:
-    """Langevin CG MD at the data's temperature from the dataset's first frame; frames [F, n, 3]."""
+def run_dataset_md(dataset, calc, ns: float, dt_fs: float, interval: int, seed: int,
+                   replicas: int = 1, equil_ps: float = 0.0) -> tuple:
+    """CG MD at the data's temperature from the dataset's first frame: frames [F, n, 3] after
+    ``equil_ps`` of equilibration per replica, and the run's description. With ``replicas`` > 1
+    (a CG model file), that many independent copies share ``ns`` (cg.loop.run_replicas)."""
+    model = getattr(calc, "model", None)
+    if replicas > 1 and getattr(model, "beads", None) is not None:
+        per_replica = int(round((ns * 1e6 / dt_fs) / replicas))
+        frames, info = run_replicas(model, dataset.positions[0], dataset.temperature_K, dt_fs,
+                                    per_replica, replicas, interval, seed)
+        skip = int(round(equil_ps * 1000 / (dt_fs * interval)))
+        kept = frames[skip:].reshape(-1, frames.shape[-2], 3)
+        info.update(equilibration_ps_per_replica=equil_ps, frames_kept=int(len(kept)),
+                    production_ns=info["simulated_ns"] * (1 - skip / max(len(frames), 1)))
+        return kept, info
     atoms = beads_to_atoms(dataset.beads, dataset.positions[0])
-    frames, _ = run_cg_md(atoms, calc, dataset.temperature_K, dt_fs, int(round(ns * 1e6 / dt_fs)),
-                          interval, seed)
-    return frames
+    frames, info = run_cg_md(atoms, calc, dataset.temperature_K, dt_fs, int(round(ns * 1e6 / dt_fs)),
+                             interval, seed)
+    return frames, info
 
 
 def main(argv=None) -> None:
@@ -190,7 +203,11 @@ def main(argv=None) -> None:
     p.add_argument("--cg-model", default="ala2-cg", help="CG model file or bundled name; 'prior' = priors alone")
     p.add_argument("--cg-traj", help="compare this CG trajectory (or 'dataset') instead of running CG MD")
     p.add_argument("--cg-ns", type=float, default=0.1, help="CG MD length when no --cg-traj")
-    p.add_argument("--cg-dt", type=float, default=2.0, help="CG MD time step (fs)")
+    p.add_argument("--cg-dt", type=float, default=4.0, help="CG MD time step (fs)")
+    p.add_argument("--cg-interval", type=int, default=100, help="steps between CG frames")
+    p.add_argument("--replicas", type=int, default=200,
+                   help="independent CG copies sharing --cg-ns (CG model files only)")
+    p.add_argument("--equil-ps", type=float, default=20.0, help="per replica, discarded")
     p.add_argument("--backmapper", default="ala2")
     p.add_argument("--backmap-frames", type=int, default=500)
     p.add_argument("--cg-timesteps", default="1,2,4,6,8,10,15,20")
@@ -220,9 +237,10 @@ def main(argv=None) -> None:
         report["cg_run"] = {"source": str(args.cg_traj), "frames": int(len(cg_xyz))}
     elif not {"fes", "backmap"} <= skip:
         t0 = time.perf_counter()
-        cg_xyz = run_dataset_md(dataset, cg_calc, args.cg_ns, args.cg_dt, 100, args.seed)
+        cg_xyz, info = run_dataset_md(dataset, cg_calc, args.cg_ns, args.cg_dt, args.cg_interval,
+                                      args.seed, args.replicas, args.equil_ps)
         report["cg_run"] = {"model": args.cg_model, "ns": args.cg_ns, "timestep_fs": args.cg_dt,
-                            "frames": int(len(cg_xyz)), "wall_s": time.perf_counter() - t0}
+                            "frames": int(len(cg_xyz)), "wall_s": time.perf_counter() - t0, **info}
     if "fes" not in skip:
         report["fes"] = fes_section(cg_xyz, reference)
         if args.plot:

@@ -366,3 +366,25 @@ def test_replica_langevin_samples_the_prior_boltzmann_distribution(data):
     kT = units.kB * 300.0
     np.testing.assert_allclose(r.mean(0), model.prior.r0.numpy(), atol=0.01)
     np.testing.assert_allclose(r.var(0), kT / model.prior.k_bond.numpy(), rtol=0.2)
+
+
+# -- the bundled ala2-cg ------------------------------------------------------------------------
+def test_bundled_ala2_cg_loads_like_any_potential(data, tmp_path, capsys):
+    from ase_eqgnn.cg.backmap import BackMapper
+    from ase_eqgnn.cli.md import main as md_main
+    from ase_eqgnn.pretrained import list_pretrained, pretrained_path
+
+    entry = {e["name"]: e for e in list_pretrained("potential")}["ala2-cg"]
+    assert entry["test_metrics"]["forces_mae"] > 0
+    atoms = beads_to_atoms("ala2-cg", data.positions[100])
+    atoms.calc = EqGNNCalculator.from_pretrained("ala2-cg")
+    forces = atoms.get_forces()
+    assert forces.shape == (5, 3) and np.abs(forces.sum(0)).max() < 1e-4
+    model = load_model(pretrained_path("ala2-cg"))
+    assert model.beads == data.beads and model.temperature_K == 300.0
+    # the same map as the bundled back-mapper's, so its frames back-map
+    np.testing.assert_allclose(model.cg_map.weights(), BackMapper.load("ala2").cg_map.weights())
+    # eqgnn-md with no structure: the bundled all-atom ala2 mapped to beads
+    rc = md_main(["--model", "ala2-cg", "--steps", "20", "--timestep", "4", "--traj",
+                  str(tmp_path / "cg.traj"), "--log", "none", "--plot", "none", "--no-progress"])
+    assert rc == 0, capsys.readouterr()
