@@ -388,3 +388,10 @@ def test_bundled_ala2_cg_loads_like_any_potential(data, tmp_path, capsys):
     rc = md_main(["--model", "ala2-cg", "--steps", "20", "--timestep", "4", "--traj",
                   str(tmp_path / "cg.traj"), "--log", "none", "--plot", "none", "--no-progress"])
     assert rc == 0, capsys.readouterr()
+
+
+def test_lammps_export_refuses_a_cg_model(cg_file):
+    from ase_eqgnn.lammps.model import load_potential
+
+    with pytest.raises(ValueError, match="coarse-grained"):
+        load_potential(cg_file)
