@@ -374,6 +374,9 @@ def test_bundled_ala2_cg_loads_like_any_potential(data, tmp_path, capsys):
     from ase_eqgnn.cli.md import main as md_main
     from ase_eqgnn.pretrained import list_pretrained, pretrained_path
 
+    import ase_eqgnn.cg
+
+    assert ase_eqgnn.cg.beads_to_atoms is beads_to_atoms  # the spelling
     entry = {e["name"]: e for e in list_pretrained("potential")}["ala2-cg"]
     assert entry["test_metrics"]["forces_mae"] > 0
     atoms = beads_to_atoms("ala2-cg", data.positions[100])
