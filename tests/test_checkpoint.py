@@ -103,7 +103,7 @@ def test_file_contents(tmp_path):
     path = tmp_path / "m.pt"
     save_model(model, path, metadata={"note": "ünïcode ok"})
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "ase_eqgnn" and raw["format_version"] == FORMAT_VERSION == 2
+    assert raw["format"] == "ase_eqgnn" and raw["format_version"] == 2 and FORMAT_VERSION == 3  # plain files stay 2
     assert isinstance(raw["package_version"], str)
     assert raw["sha256"] == payload_digest(raw) and len(raw["sha256"]) == 64
     config = json.loads(raw["config_json"])

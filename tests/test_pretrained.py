@@ -26,7 +26,7 @@ def test_registry_lists_both_kinds(capsys):
 
 
 def test_unknown_names_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="available: ala2, cu-emt"):
+    with pytest.raises(ValueError, match="available: ala2, ala2-cg, cu-emt"):
         pretrained_path("water", kind="potential")
     with pytest.raises(ValueError, match="does not exist"):
         resolve_model(str(tmp_path / "nope.pt"))
@@ -96,7 +96,8 @@ def test_bundled_files_are_sealed_and_load_silently():
     for entry in list_pretrained():
         path = pretrained_path(entry["name"], entry["kind"])
         raw = torch.load(path, weights_only=True)
-        assert raw.get("format_version", raw.get("version")) == 2, path
+        coarse_grained = '"cg":' in raw.get("config_json", "")  # CG potentials are version 3
+        assert raw.get("format_version", raw.get("version")) == (3 if coarse_grained else 2), path
         assert raw["sha256"] == payload_digest(raw), path
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no "older file" warning

@@ -32,8 +32,11 @@ from .files import (CheckpointError, FileKind, PathLike, check_finite, check_sta
                     probe_state_shapes, read_checkpoint, write_checkpoint)
 
 FORMAT = "ase_eqgnn"
-#: 1: config + tensors; 2: adds the SHA-256 digest and the training-domain record ("domain").
-FORMAT_VERSION = 2
+#: 1: config + tensors; 2: adds the SHA-256 digest and the training-domain record ("domain");
+#: 3: adds the coarse-grained section ("cg": beads, map, priors; :mod:`ase_eqgnn.cg.potential`).
+#: Files without a coarse-grained section are still written as 2, which older versions read.
+FORMAT_VERSION = 3
+PLAIN_VERSION = 2
 POTENTIAL_FILE = FileKind(format=FORMAT, version_key="format_version", version=FORMAT_VERSION,
                           sealed_since=2, what="model file",
                           writer="ase_eqgnn.save_model (or eqgnn-train)")
@@ -151,6 +154,9 @@ def save_model(model: torch.nn.Module, path: PathLike,
     config["domain"] = check_domain(getattr(model, "domain", None), config["species"],
                                     float(config["cutoff"]))
     config["units"] = dict(UNITS)
+    if "cg" in config:
+        from ..cg.potential import check_cg_record
+        check_cg_record(config["cg"], config["species"])
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
@@ -162,7 +168,7 @@ def save_model(model: torch.nn.Module, path: PathLike,
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     write_checkpoint({
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if "cg" in config else PLAIN_VERSION,
         "package_version": _package_version(),
         "config_json": config_json,
         "state_dict": state,
@@ -206,6 +212,11 @@ def load_checkpoint_dict(path: PathLike, map_location: Union[str, torch.device] 
         species = normalize_species(config["species"])
         check_hparams(config["hparams"])
         config["domain"] = check_domain(config.get("domain"), species, config["cutoff"])
+        if "cg" in config:
+            if version < 3:
+                raise ValueError(f"a coarse-grained section in a format_version {version} file")
+            from ..cg.potential import check_cg_record
+            check_cg_record(config["cg"], species)
     except ValueError as err:
         raise CheckpointError(f"model file {path!r} has an invalid config: {err}") from None
     state = raw.get("state_dict")
@@ -261,6 +272,10 @@ def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
         raise CheckpointError(f"{where} does not match its config "
                               f"({str(err).splitlines()[0]}); the file is damaged") from None
     model.domain = config["domain"]
+    if "cg" in config:  # checked in load_checkpoint_dict
+        from ..cg.potential import CGPotential, check_cg_record
+        cg = check_cg_record(config["cg"], config["species"])
+        model = CGPotential(model, cg["prior"], cg["beads"], cg["map"])
     return model.to(map_location).eval()
 
 

@@ -44,8 +44,9 @@ def build_parser():
                    help="any file ASE reads; its last frame (default: bundled alanine dipeptide)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled potential name or checkpoint path")
     p.add_argument("--ensemble", choices=_ENSEMBLES, default="nvt")
-    p.add_argument("--temperature", type=real(minimum=0, maximum=MAX_TEMPERATURE_K), default=300.0,
-                   help=f"K (0 to {MAX_TEMPERATURE_K:g})")
+    p.add_argument("--temperature", type=real(minimum=0, maximum=MAX_TEMPERATURE_K), default=None,
+                   help=f"K (0 to {MAX_TEMPERATURE_K:g}); default 300, or the data's temperature "
+                        "for a coarse-grained model")
     p.add_argument("--timestep", type=real(above=0), default=0.5, help="fs (> 0)")
     p.add_argument("--steps", type=count(0), default=1000)
     p.add_argument("--friction", type=real(minimum=0), default=0.01, help="Langevin friction, 1/fs")
@@ -82,9 +83,17 @@ def run(args) -> int:
                        (args.json, "summary JSON")):
         if path:
             plan.add(path, what)
-    atoms = read_structure(args.structure) if args.structure else load_structure(DEFAULT_STRUCTURE)
+    atoms = read_structure(args.structure) if args.structure else None
     calc = EqGNNCalculator(str(model), device=args.device, dtype=args.dtype, compile=args.compile,
                            **calculator_options(args.allow_out_of_domain))
+    cg_temperature = getattr(calc.model, "temperature_K", None)
+    if cg_temperature is not None:  # a coarse-grained model: bead structure, masses, temperature
+        from ..cg.beads import prepare_bead_structure
+        atoms = prepare_bead_structure(atoms, calc.model, load_structure(DEFAULT_STRUCTURE))
+    elif atoms is None:
+        atoms = load_structure(DEFAULT_STRUCTURE)
+    if args.temperature is None:
+        args.temperature = 300.0 if cg_temperature is None else cg_temperature
     print(f"{len(atoms)} atoms ({atoms.get_chemical_formula()}), model {args.model}, "
           f"{args.ensemble.upper()} at {args.temperature} K, {args.steps} steps of {args.timestep} fs")
     summary = run_md(atoms, calc, ensemble=args.ensemble, temperature_K=args.temperature,

@@ -102,7 +102,11 @@ def load_potential(model: ModelLike) -> Tuple[Potential, bytes]:
     else:
         raise ValueError(f"model must be a checkpoint path, a bundled name or an ase_eqgnn "
                          f"Potential, got {type(model).__name__}")
-    return _load_bytes(blob), blob
+    loaded = _load_bytes(blob)
+    if getattr(loaded, "beads", None) is not None:  # its priors act on the bead chain, not on pairs
+        raise ValueError("a coarse-grained model (priors on its chain of beads) cannot run through "
+                         "LAMMPS's pair interface; run it with eqgnn-md or the ASE calculator")
+    return loaded, blob
 
 
 def prepare(model: Potential, dtype: str, device: torch.device) -> Potential:

@@ -73,6 +73,10 @@ class TrainConfig:
     test_energies: Optional[str] = _f(None, "same for ``test_data``")
     topology: Optional[str] = _f(None, "topology for mdtraj formats without one (DCD, XTC, ...)")
     index: str = _f(":", "frames of ``data`` to use, ASE style (\":\", \"::10\", \":1000\")")
+    cg_map: Optional[str] = _f(None, "train a coarse-grained potential by force matching: a map name "
+                                     "(ala2-5bead, residue, residue-com, ca), a CG map .json, or "
+                                     "\"data\" for CG data sets (ase_eqgnn.cg.training)")
+    temperature: float = _f(300.0, "temperature of the data, K (cg_map only: fits the CG priors)")
 
     # ------------------------------------------------------------------ model
     model: str = _f("painn", "\"painn\", \"tp\" or \"egnn\"")
@@ -197,6 +201,12 @@ class TrainConfig:
             raise ValueError(f"scale must be a finite positive number of eV, got {self.scale}")
         if not self.out:
             raise ValueError("out (the run directory) must not be empty")
+        if self.cg_map is not None:
+            from ..cg.training import check_temperature
+            check_temperature(self.temperature)
+            if self.forces_weight == 0:
+                raise ValueError("a coarse-grained potential trains on forces alone: forces_weight "
+                                 "must be > 0 with cg_map")
 
     # ------------------------------------------------------------------ helpers
     @property

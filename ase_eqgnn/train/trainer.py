@@ -130,7 +130,10 @@ class Trainer(EpochTask):
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        e0, scale, shift = dataset_statistics(self.train_samples, self.species, e0_by_number(cfg.e0), cfg.scale)
+        e0_given = e0_by_number(cfg.e0)
+        if self.cg is not None and e0_given is None:  # mapped frames have no energy; a free energy's zero is free
+            e0_given = {z: 0.0 for z in self.species}
+        e0, scale, shift = dataset_statistics(self.train_samples, self.species, e0_given, cfg.scale)
         _check_model_size(cfg.model, self.species, cfg.cutoff, cfg.hparams)
         try:
             model = build_model(cfg.model, self.species, cfg.cutoff, hparams=dict(cfg.hparams))
@@ -144,6 +147,8 @@ class Trainer(EpochTask):
             model.scale.fill_(scale)
             model.shift.fill_(shift)
         model.domain = shortest_distances(s.graph for s in self.train_samples)  # copied into the EMA
+        if self.cg is not None:  # the network on beads plus the priors fitted to the training beads
+            model = self.cg.attach(model)
         self.model = model.to(device=self.device, dtype=self.dtype)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         kind = cfg.schedule_kind  # "auto" continues the schedule the run started with
@@ -176,10 +181,19 @@ class Trainer(EpochTask):
     def _setup_data(self, train_frames, valid_frames, test_frames) -> None:
         """Samples (graphs with neighbour lists) and the species; data errors are ValueErrors."""
         cfg = self.cfg
+        self.cg = None  # coarse-grained training (cfg.cg_map): the map, beads, priors' data
         if train_frames is None:
-            train_frames, read_valid, read_test = load_frames(cfg)
+            if cfg.cg_map:
+                from ..cg.training import load_cg_frames
+                train_frames, read_valid, read_test, self.cg = load_cg_frames(cfg)
+            else:
+                train_frames, read_valid, read_test = load_frames(cfg)
             valid_frames = read_valid if valid_frames is None else valid_frames
             test_frames = read_test if test_frames is None else test_frames
+        elif cfg.cg_map:
+            from ..cg.training import prepare_cg_training
+            train_frames, valid_frames, test_frames, self.cg = prepare_cg_training(
+                cfg, train_frames, valid_frames or [], test_frames)
         self.train_samples = build_samples(list(train_frames), cfg.cutoff)
         if not self.train_samples:
             raise ValueError(f"no training frames in {cfg.data} (index {cfg.index!r})")
@@ -343,6 +357,8 @@ class Trainer(EpochTask):
             self._say(f"resuming {self.path('last.pt')} after epoch {loop.epoch} "
                       f"(best valid loss {loop.best_loss:.4g} at epoch {loop.best_epoch + 1})")
         else:
+            if self.cg is not None:
+                self._say(self.cg.describe())
             self._say(f"training {cfg.model} on {len(self.train_samples)} frames "
                       f"({len(self.valid_samples)} validation), species {self.species}, "
                       f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}"
