@@ -32,11 +32,19 @@ Functions:
 Example::
 
     >>> import mdtraj as md
+    >>> import numpy as np
     >>> from ase_eqgnn.cg import ala2_five_bead_map
-    >>> from ase_eqgnn.data import read_dataset
-    >>> frames = read_dataset("training/data/ala2_test.h5", energies="training/data/ala2_test.npz")
-    >>> cg_map = ala2_five_bead_map(md.load("training/data/ala2_test.h5", frame=0).topology)
-    >>> X, F = map_frames(frames, cg_map)          # (500, 5, 3) Å, (500, 5, 3) eV/Å
+    >>> from ase_eqgnn.data import Frame
+    >>> from ase_eqgnn.structures import load_structure, structure_path
+    >>> atoms = load_structure("ala2")                 # in practice: read_dataset(your trajectory)
+    >>> forces = np.random.default_rng(0).normal(size=(len(atoms), 3))
+    >>> frames = [Frame(atoms.positions, atoms.numbers, forces=forces)]
+    >>> cg_map = ala2_five_bead_map(md.load(str(structure_path("ala2"))).topology)
+    >>> X, F = map_frames(frames, cg_map)              # bead positions (Å), mapped forces (eV/Å)
+    >>> X.shape, F.shape
+    ((1, 5, 3), (1, 5, 3))
+    >>> bool(np.allclose(F.sum(axis=1), forces.sum(axis=0)))   # the total force is kept
+    True
 """
 
 from __future__ import annotations
