@@ -104,6 +104,20 @@ def highest_l(hparams: Dict[str, Any]) -> Optional[int]:
     return max(orders) if orders else None
 
 
+def check_model_size(name: str, species, cutoff: float, hparams: Dict[str, Any]) -> None:
+    """ValueError when a model of these settings would have more weights than a model file may
+    hold (:data:`MAX_PARAMETERS`), counted on torch's "meta" device, which allocates nothing: the
+    trainer asks before it builds the model, as loading does before it reads the tensors."""
+    from ..models import build_model
+
+    expected = probe_state_shapes(lambda: build_model(name, species, cutoff, hparams=dict(hparams)),
+                                  l_max=highest_l(hparams))
+    n = 0 if expected is None else sum(shape.numel() for shape, _ in expected.values())
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"hparams {hparams} give a {name} model of {n:,} weights, more than "
+                         f"{MAX_PARAMETERS:,}: choose fewer features or layers")
+
+
 def check_cutoff(cutoff: Any) -> float:
     """The cutoff as a float; ValueError unless it is finite and within :data:`CUTOFF_RANGE_A`."""
     low, high = CUTOFF_RANGE_A
@@ -280,5 +294,6 @@ def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
 
 
 __all__ = ["save_model", "load_model", "load_checkpoint_dict", "check_hparams", "check_cutoff",
+           "check_model_size",
            "check_domain", "FORMAT", "FORMAT_VERSION", "UNITS", "HPARAM_BOUNDS", "CUTOFF_RANGE_A",
            "MAX_PARAMETERS", "highest_l"]

@@ -34,8 +34,8 @@ import torch
 from tqdm import tqdm
 
 from .. import heap
-from ..checkpoint import MAX_PARAMETERS, probe_state_shapes, save_model
-from ..checkpoint.potential import highest_l
+from ..checkpoint import save_model
+from ..checkpoint.potential import check_model_size
 from ..data.readers import Frame
 from ..domain import shortest_distances
 from ..dtypes import resolve_dtype
@@ -72,17 +72,6 @@ class TrainResult:
     test_metrics: Optional[Dict[str, float]] = None
     stop_reason: str = "max_epochs"
     history: List[Dict[str, float]] = field(default_factory=list)
-
-
-def _check_model_size(name: str, species: Sequence[int], cutoff: float, hparams: Dict[str, Any]) -> None:
-    """ValueError when the model would have more weights than a model file may hold (counted on
-    torch's "meta" device, which allocates nothing; the checkpoint module's bound on loading)."""
-    expected = probe_state_shapes(lambda: build_model(name, species, cutoff, hparams=dict(hparams)),
-                                  l_max=highest_l(hparams))
-    n = 0 if expected is None else sum(shape.numel() for shape, _ in expected.values())
-    if n > MAX_PARAMETERS:
-        raise ValueError(f"hparams {hparams} give a {name} model of {n:,} weights, more than "
-                         f"{MAX_PARAMETERS:,}: choose fewer features or layers")
 
 
 def _nan_to_none(d: Dict[str, float]) -> Dict[str, Optional[float]]:
@@ -134,7 +123,7 @@ class Trainer(EpochTask):
         if self.cg is not None and e0_given is None:  # mapped frames have no energy; a free energy's zero is free
             e0_given = {z: 0.0 for z in self.species}
         e0, scale, shift = dataset_statistics(self.train_samples, self.species, e0_given, cfg.scale)
-        _check_model_size(cfg.model, self.species, cfg.cutoff, cfg.hparams)
+        check_model_size(cfg.model, self.species, cfg.cutoff, cfg.hparams)
         try:
             model = build_model(cfg.model, self.species, cfg.cutoff, hparams=dict(cfg.hparams))
         except RuntimeError as err:  # what the size check could not count (tp) may not fit
