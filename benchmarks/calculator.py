@@ -30,7 +30,8 @@ ours-tp-c2/c3  ours-tp with ``correlation=2`` / ``3`` (body-ordered features;   
                only when named in ``--tools``)
 ours-tp-c3-w64 ``build_model("tp", l_max=1, layers=2, features=64,             mace (same width)
                correlation=3)`` (only when named in ``--tools``); ``-c3-sh3-w64``
-               also ``sh_l_max=3``: MACE's shape (density to l = 3)
+               also ``sh_l_max=3``: MACE's shape (density to l = 3);
+               ``ours-tp-c3-sh3``: that shape at 32 features
 ours-*-compiled the same with ``EqGNNCalculator(compile=True)`` (torch.compile;  as the eager ones
                the compile happens in the untimed warm-up call)
 ============== ============================================================ ==========================
@@ -117,6 +118,7 @@ TOOLS = {
     # when named in --tools (OPT_IN)
     "ours-tp-c2": (None, "ours.py", ["--model", "tp-c2"]),
     "ours-tp-c3": (None, "ours.py", ["--model", "tp-c3"]),
+    "ours-tp-c3-sh3": (None, "ours.py", ["--model", "tp-c3-sh3"]),
     "ours-tp-c3-w64": (None, "ours.py", ["--model", "tp-c3-w64"]),
     "ours-tp-c3-sh3-w64": (None, "ours.py", ["--model", "tp-c3-sh3-w64"]),
     # EqGNNCalculator(compile=True): torch.compile'd energy pass (the first call compiles, untimed)
@@ -127,10 +129,10 @@ TOOLS = {
     "ours-painn-graphs": (None, "ours.py", ["--model", "painn", "--cuda-graphs", "auto"]),
     "ours-tp-graphs": (None, "ours.py", ["--model", "tp", "--cuda-graphs", "auto"]),
 }
-OPT_IN = {"ours-tp-c2", "ours-tp-c3", "ours-tp-c3-w64", "ours-tp-c3-sh3-w64"}
+OPT_IN = {"ours-tp-c2", "ours-tp-c3", "ours-tp-c3-sh3", "ours-tp-c3-w64", "ours-tp-c3-sh3-w64"}
 # (anchor, ours): ratio columns, anchor time / our time
 RATIOS = [("schnetpack", "ours-painn"), ("nequip", "ours-tp"), ("mace", "ours-tp"),
-          ("mace", "ours-tp-c3-w64"), ("mace", "ours-tp-c3-sh3-w64"),
+          ("mace", "ours-tp-c3-sh3"), ("mace", "ours-tp-c3-w64"), ("mace", "ours-tp-c3-sh3-w64"),
           ("schnetpack", "ours-painn-compiled"), ("nequip", "ours-tp-compiled"),
           ("schnetpack", "ours-painn-graphs"), ("nequip", "ours-tp-graphs")]
 SYSTEM_LABELS = {"Cu108": "Cu fcc 108 (pbc)", "Cu864": "Cu fcc 864 (pbc)",

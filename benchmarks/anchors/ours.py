@@ -1,12 +1,13 @@
 """Benchmark worker for ase_eqgnn's own models (run with the project's venv, /work/venv/bin/python).
 
-    python benchmarks/anchors/ours.py --model painn|tp|egnn|tp-c2|tp-c3|tp-c3-w64|tp-c3-sh3-w64 [common worker flags]
+    python benchmarks/anchors/ours.py --model painn|tp|egnn|tp-c2|tp-c3|tp-c3-sh3|tp-c3-w64|tp-c3-sh3-w64 [common worker flags]
 
-Benchmark sizes (shared/BRIEF.md): painn 128 features x 3 layers x 20 radial functions (SchNetPack's
+Benchmark sizes: painn 128 features x 3 layers x 20 radial functions (SchNetPack's
 PaiNN size); tp l_max 1, 4 layers, 32 features (NequIP's defaults); egnn 128 features x 3 layers.
 The body-ordered ``tp`` (models/body_order.py): tp-c2 / tp-c3 are that tp with correlation 2 / 3;
 tp-c3-w64 is matched to the MACE anchor's width (2 layers, 64 channels, l_max 1, correlation 3) and
-tp-c3-sh3-w64 to its shape as well (its density reaches l = 3: sh_l_max 3, MACE's max_ell).
+tp-c3-sh3-w64 to its shape as well (its density reaches l = 3: sh_l_max 3, MACE's max_ell); tp-c3-sh3
+is the same shape at 32 channels (the body-ordered model of docs/accuracy_log.md).
 Cutoff 5 Å, species H, C, O, Cu, float32, randomly initialised (seeded), EqGNNCalculator on
 ``--device`` (cpu by default).
 """
@@ -25,6 +26,7 @@ HPARAMS = {
     "egnn": dict(features=128, layers=3),
     "tp-c2": dict(l_max=1, layers=4, features=32, correlation=2),
     "tp-c3": dict(l_max=1, layers=4, features=32, correlation=3),
+    "tp-c3-sh3": dict(l_max=1, sh_l_max=3, layers=2, features=32, correlation=3),
     "tp-c3-w64": dict(l_max=1, layers=2, features=64, correlation=3),
     "tp-c3-sh3-w64": dict(l_max=1, sh_l_max=3, layers=2, features=64, correlation=3),
 }
