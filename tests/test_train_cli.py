@@ -167,3 +167,18 @@ def test_the_command_keeps_freed_memory_unless_told_not_to(cu_file, tmp_path, mo
     (tmp_path / "c.yaml").write_text("keep_freed_memory: false\n")  # the config file may say so too
     assert main([str(tmp_path / "c.yaml"), *base, "--out", str(tmp_path / "c")]) == 0
     assert calls == [1]
+
+
+def test_shipped_configs_load_and_describe_valid_models():
+    """Every YAML recipe in training/configs reads into a TrainConfig whose model settings pass the
+    model-file bounds (a typo in a shipped recipe fails here, not in a user's run)."""
+    from pathlib import Path
+
+    from ase_eqgnn.checkpoint.potential import check_hparams
+    from ase_eqgnn.train.config import load_config
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "training" / "configs").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = load_config(path)
+        check_hparams(dict(cfg.hparams))
