@@ -22,14 +22,6 @@ SMALL = {"egnn": dict(features=8, layers=2), "painn": dict(features=8, layers=2)
 DOMAIN = {"Ni-Ni": 2.31, "Ni-Cu": 2.28, "Cu-Cu": 2.35}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP wake-up costs on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def make(name, dtype=torch.float64, domain=None):
     torch.manual_seed(3)

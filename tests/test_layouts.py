@@ -20,13 +20,6 @@ from ase_eqgnn.models.neighborhood import EdgeList, build_neighborhood
 SPECIES = [1, 6, 8, 29]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(autouse=True)
 def _float64_default():

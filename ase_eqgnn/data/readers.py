@@ -2,17 +2,8 @@
 
 Formats (picked from the extension, or forced with ``format=``):
 
-- ``"npz"``: NumPy archives in one of three layouts, detected from the keys:
-
-  ============  ==================================================  =====================
-  layout        keys                                                native units
-  ============  ==================================================  =====================
-  ``pos``       ``pos, atomic_numbers, energy, forces``              eV, eV/Å, Å
-                [``cell, pbc, stress``]
-  ``sgdml``     ``R, z, E, F`` [``lattice``] (sGDML / MD17 release)  kcal/mol, kcal/mol/Å, Å
-  ``rmd17``     ``coords, nuclear_charges, energies, forces``        kcal/mol, kcal/mol/Å, Å
-  ============  ==================================================  =====================
-
+- ``"npz"``: NumPy archives in one of three layouts (``pos``, ``sgdml``/MD17, ``rmd17``), detected
+  from the keys; the keys and native units of each are tabled in :mod:`ase_eqgnn.data.npz`.
 - ``"mdtraj"``: any trajectory mdtraj reads (``.h5 .dcd .xtc .trr .nc .pdb .gro`` ...; pass
   ``topology=`` where the format has none). Positions come from the trajectory (mdtraj's nm -> Å);
   per-frame energies/forces from ``energies=`` (an ``.npz`` in the ``pos`` layout, ``pos`` optional

@@ -19,12 +19,18 @@ output is written. Work and memory are O(N) for a fixed density.
 
 Example
 -------
+Two structures in one call, a periodic crystal and a molecule (a training batch):
+
 >>> import torch
->>> from ase.build import bulk
->>> atoms = bulk("Cu", "fcc", a=3.6)
->>> i, j, S = neighbor_list(torch.tensor(atoms.positions), 3.0, torch.tensor(atoms.cell[:]), [True] * 3)
->>> int(i.numel())  # 12 nearest neighbours of the one atom, all images of itself
-12
+>>> from ase.build import bulk, molecule
+>>> cu, water = bulk("Cu", "fcc", a=3.6), molecule("H2O")
+>>> positions = torch.tensor([*cu.positions, *water.positions])
+>>> batch = torch.tensor([0] + [1] * len(water))
+>>> cell = torch.stack([torch.tensor(cu.cell[:]), torch.zeros(3, 3, dtype=torch.float64)])
+>>> pbc = torch.tensor([[True] * 3, [False] * 3])
+>>> i, j, S = batched_neighbor_list(positions, 3.0, batch, cell, pbc)
+>>> int((batch[i] == 0).sum()), int((batch[i] == 1).sum())   # 12 images of Cu; 3 x 2 in water
+(12, 6)
 """
 
 from __future__ import annotations
