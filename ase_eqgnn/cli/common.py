@@ -231,6 +231,21 @@ def kept_files_message(files: dict) -> str:
     return ", ".join(files.values()) if files else "no files"
 
 
+def end_of_run(prog: str, summary, json_path, inputs, stopped: str) -> bool:
+    """The shared end of an MD or relaxation command: the summary JSON (when asked for) joins the
+    run's outputs; a run the physics stopped gets one line on stderr naming what was kept
+    (``stopped`` says how far it got). True when the run completed."""
+    if json_path:
+        from ..outputs import write_text
+
+        write_text(json_path, json_text(summary.as_dict()), inputs, "summary JSON")
+        summary.files["json"] = json_path
+    if not summary.completed:
+        print(f"{prog}: {summary.message}{stopped}; kept {kept_files_message(summary.files)}",
+              file=sys.stderr)
+    return bool(summary.completed)
+
+
 def json_text(data: dict) -> str:
     """``data`` as strict JSON: NaN and infinities become null."""
     import json
@@ -251,4 +266,4 @@ __all__ = ["CommandParser", "command_parser", "one_line", "real", "count", "devi
            "read_structure", "run_command", "is_user_error", "calculator_options", "EXIT_OK",
            "EXIT_NOT_CONVERGED", "EXIT_USER_ERROR", "EXIT_PHYSICS_STOP", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
            "Terminated",
-           "kept_files_message", "json_text"]
+           "kept_files_message", "json_text", "end_of_run"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 
 from .common import (EXIT_OK, EXIT_PHYSICS_STOP, calculator_options, command_parser, count, device,
-                     json_text, kept_files_message, read_structure, real, run_command)
+                     end_of_run, kept_files_message, read_structure, real, run_command)
 
 from ..run_checks import MAX_TEMPERATURE_K
 
@@ -71,7 +71,7 @@ def build_parser():
 
 def run(args) -> int:
     from ..calculator import EqGNNCalculator
-    from ..outputs import OutputFiles, write_text
+    from ..outputs import OutputFiles
     from ..pretrained import resolve_model
     from ..simulate import run_md
     from ..structures import load_structure
@@ -105,12 +105,7 @@ def run(args) -> int:
     if args.ensemble == "nve":
         print(f"energy drift: {summary.energy_drift_meV_per_atom_per_ps:.3f} meV/atom/ps")
     print(f"temperature: {summary.temperature_mean_K:.1f} ± {summary.temperature_std_K:.1f} K")
-    if args.json:
-        write_text(args.json, json_text(summary.as_dict()), inputs, "summary JSON")
-        summary.files["json"] = args.json
-    if not summary.completed:
-        print(f"eqgnn-md: {summary.message}; kept what was written up to then: "
-              f"{kept_files_message(summary.files)}", file=sys.stderr)
+    if not end_of_run("eqgnn-md", summary, args.json, inputs, stopped=""):
         return EXIT_PHYSICS_STOP
     print("wrote " + kept_files_message(summary.files))
     return EXIT_OK

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from .common import (EXIT_NOT_CONVERGED, EXIT_OK, EXIT_PHYSICS_STOP, calculator_options,
-                     command_parser, count, device, json_text, kept_files_message, read_structure,
+                     command_parser, count, device, end_of_run, kept_files_message, read_structure,
                      real, run_command)
 
 _OPTIMIZERS = ("bfgs", "fire")
@@ -44,7 +44,7 @@ def run(args) -> int:
 
     from ..calculator import EqGNNCalculator
     from ..md_output import structure_format
-    from ..outputs import OutputFiles, write_text
+    from ..outputs import OutputFiles
     from ..pretrained import resolve_model
     from ..simulate import relax
 
@@ -62,12 +62,7 @@ def run(args) -> int:
                            **calculator_options(args.allow_out_of_domain))
     summary = relax(atoms, calc, fmax=args.fmax, cell=args.cell, optimizer=args.optimizer,
                     steps=args.steps, out=args.out, trajectory=args.traj, inputs=inputs)
-    if args.json:
-        write_text(args.json, json_text(summary.as_dict()), inputs, "summary JSON")
-        summary.files["json"] = args.json
-    if not summary.completed:
-        print(f"eqgnn-relax: {summary.message} after {summary.steps} steps; kept "
-              f"{kept_files_message(summary.files)}", file=sys.stderr)
+    if not end_of_run("eqgnn-relax", summary, args.json, inputs, stopped=f" after {summary.steps} steps"):
         return EXIT_PHYSICS_STOP
     state = "converged" if summary.converged else "NOT converged"
     print(f"{state} after {summary.steps} steps: energy {summary.energy_eV:.6f} eV, "
