@@ -160,9 +160,9 @@ def test_thicker_shell_same_result_and_pruned(monkeypatch):
     seen = []
     original = model_module.energies_and_pair_gradients
 
-    def spy(model, species, edge_index, vec, counted):
+    def spy(model, species, edge_index, vec, hop):
         seen.append((species.shape[0], edge_index.shape[1]))
-        return original(model, species, edge_index, vec, counted)
+        return original(model, species, edge_index, vec, hop)
 
     monkeypatch.setattr(mliap_module, "energies_and_pair_gradients", spy)
     data = evaluate(unified, atoms, shell=unified.receptive_field + 2.0)
@@ -181,8 +181,8 @@ def test_hop_distances_and_pruning_on_a_chain():
     assert model_module.hop_distances(edges, 6, torch.tensor([0]), 3).tolist() == [0, 1, 2, 3, 4, 4]
     nodes, kept, sub, hop = model_module.prune_to_hops(edges, 6, torch.tensor([0]), 2)
     assert nodes.tolist() == [0, 1, 2] and hop.tolist() == [0, 1, 2]
-    assert edges[:, kept].tolist() == [[0, 1, 1, 2], [1, 0, 2, 1]] and sub.tolist() == [[0, 1, 1, 2],
-                                                                                        [1, 0, 2, 1]]
+    # pairs into atoms within one hop: 0->1, 1->0, 1->2 (not 2->1: atom 2 only needs its embedding)
+    assert edges[:, kept].tolist() == [[0, 1, 1], [1, 0, 2]] and sub.tolist() == [[0, 1, 1], [1, 0, 2]]
 
 
 def test_float32():

@@ -15,7 +15,7 @@ from ase_eqgnn.graph import AtomicGraph
 from ase_eqgnn.indexing import scatter_rows
 from ase_eqgnn.models import build_model, layouts
 from ase_eqgnn.models.layouts import PaddedNeighborhood, neighborhoods, reuse_layouts
-from ase_eqgnn.models.neighborhood import EdgeList, build_neighborhood
+from ase_eqgnn.models.neighborhood import EdgeList, Layered, build_neighborhood
 
 SPECIES = [1, 6, 8, 29]
 
@@ -295,3 +295,72 @@ def test_structures_without_edges_have_zero_interaction_energy(name, n_atoms):
         assert out[keys.ENERGIES].shape == (n_atoms,)
     if n_atoms == 0:
         assert float(out[keys.ENERGY][0]) == 0.0
+
+
+# -------------------------------------------------------------------------------------------------
+# Layered: energies wanted on some atoms only (LAMMPS's local atoms), each layer on fewer pairs
+# -------------------------------------------------------------------------------------------------
+def graph_hops(i, j, n_nodes, sources):
+    """Breadth-first graph distances from ``sources`` (plain Python, independent of the package)."""
+    neighbours = [set() for _ in range(n_nodes)]
+    for a, b in zip(i.tolist(), j.tolist()):
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    hop, frontier = {s: 0 for s in sources}, list(sources)
+    while frontier:
+        nxt = []
+        for a in frontier:
+            for b in neighbours[a]:
+                if b not in hop:
+                    hop[b] = hop[a] + 1
+                    nxt.append(b)
+        frontier = nxt
+    return torch.tensor([hop.get(a, n_nodes) for a in range(n_nodes)])
+
+
+@pytest.mark.parametrize("name, kind", [("painn", "padded"), ("painn", "shared"), ("painn", "dense"),
+                                        ("tp", "padded"), ("tp-c2", "shared"), ("egnn", "padded")])
+@pytest.mark.parametrize("wanted_hops", [0, 1])
+@pytest.mark.parametrize("reuse_above", [1.0, 0.0])  # every layer its own pairs / layer 0's for all
+def test_layered_neighbourhood_gives_the_wanted_energies_exactly(force, monkeypatch, name, kind,
+                                                                   wanted_hops, reuse_above):
+    """The energies of the atoms within ``wanted_hops`` of the sources, and the derivative of their
+    sum by every edge vector, equal the full reference path's, while later layers sum over fewer
+    pairs."""
+    force(kind)
+    monkeypatch.setattr(Layered, "REUSE_ABOVE", reuse_above)
+    if name == "tp-c2":
+        torch.manual_seed(0)
+        model = build_model("tp", SPECIES, 3.9, features=4, layers=3, l_max=1, n_radial=6,
+                            radial_hidden=8, correlation=2)
+    else:
+        model = make(name)
+    rng = np.random.default_rng(7)
+    atoms = Atoms(rng.choice(SPECIES, 60), positions=rng.uniform(0, 11, (60, 3)))
+    graph = AtomicGraph.from_atoms(atoms).with_neighbors(model.cutoff)
+    i, j = graph.edge_index
+    hop = graph_hops(i, j, len(atoms), sources=[0, 1, 2])
+    n_layers = 3
+    keep = hop.index_select(0, i) <= wanted_hops + n_layers - 1  # pairs into atoms that matter
+    edges = graph.edge_index[:, keep]
+    species = model.species_index(graph.numbers)
+    pos = graph.positions.to(torch.float64)
+    wanted = hop <= wanted_hops
+
+    def wanted_energies(edge_index, neighborhood):
+        vec = (pos.index_select(0, edge_index[1]) - pos.index_select(0, edge_index[0]))
+        vec.requires_grad_(True)
+        e = model.energies_from_edges(species, edge_index, vec, neighborhood)[wanted]
+        (g,) = torch.autograd.grad(e.sum(), vec)
+        return e.detach(), g
+
+    full = model.neighborhood(graph.edge_index, len(atoms), "reference")
+    e_ref, g_ref = wanted_energies(graph.edge_index, full)
+    layered = model.partial_neighborhood(edges, len(atoms), hop, wanted_hops)
+    e_new, g_new = wanted_energies(edges, layered)
+    torch.testing.assert_close(e_new, e_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_new, g_ref[keep], rtol=1e-10, atol=1e-12)
+    assert g_ref[~keep].abs().max() == 0  # the pairs left out have no say in the wanted energies
+    assert g_new.abs().max() > 1e-4
+    last = layered.layer(n_layers - 1)[1]
+    assert last.numel() < edges.shape[1] if reuse_above == 1.0 else last is None

@@ -180,15 +180,15 @@ class ExternalModel:
         n = positions.shape[0]
         dev, dtype = self.device, self.model.dtype
         edge_index = torch.stack([i, j])
-        counted = None
+        hop = None
         if n > nlocal:  # other ranks' atoms: only those within 2 x layers pairs of ours matter
             nodes, kept, edge_index, hop = prune_to_hops(edge_index, n, torch.arange(nlocal),
                                                          2 * self.layers)
-            counted = (hop <= self.layers).nonzero().squeeze(1).to(dev)  # their E_i is exact
             types, vec, n = types.index_select(0, nodes), vec[kept], nodes.numel()
         species = self.species_of_type.index_select(0, types.to(dev))
+        # the energies of the atoms within layers pairs of ours carry our atoms' forces
         energies, g = energies_and_pair_gradients(self.model, species, edge_index.to(dev),
-                                                  vec.to(device=dev, dtype=dtype), counted)
+                                                  vec.to(device=dev, dtype=dtype), hop, self.layers)
         g = g.to(torch.float64).cpu()
         i, j = edge_index[0], edge_index[1]  # local atoms keep their indices 0..nlocal-1
         forces = torch.zeros(n, 3, dtype=torch.float64)

@@ -119,8 +119,9 @@ class EqGNNMLIAP(_UnifiedBase):
         ``data.update_pair_forces`` (see the module docstring for the maths).
 
         Only the part of the graph the local energies can see is evaluated
-        (:func:`~.model.prune_to_hops`: atoms within ``layers`` pairs of a local atom); the other
-        pairs get zero forces, which is their exact derivative."""
+        (:func:`~.model.prune_to_hops`: atoms within ``layers`` pairs of a local atom), and each layer
+        only updates the atoms the local energies still depend on; the other pairs get zero forces,
+        which is their exact derivative."""
         if self.keep_freed_memory and not self._heap_set and self.device.type == "cpu":
             heap.keep_freed_memory()
             self._heap_set = True
@@ -142,11 +143,10 @@ class EqGNNMLIAP(_UnifiedBase):
             vec = torch.zeros(0, 3, dtype=dtype, device=device)
         check_min_distance(vec, self.min_distance, lambda e: "two atoms (indices {} and {} on this "
                            "rank)".format(*edge_index[:, e].tolist()))
-        nodes, kept, sub_edges, _ = prune_to_hops(edge_index, ntotal, local, self.layers)
+        nodes, kept, sub_edges, hop = prune_to_hops(edge_index, ntotal, local, self.layers)
         species = self._species_of_element.index_select(0, elems.index_select(0, nodes))
         sub_local = torch.searchsorted(nodes, local)  # nodes are ascending and include every local
-        energies, g_kept = energies_and_pair_gradients(self.model, species, sub_edges, vec[kept],
-                                                       sub_local)
+        energies, g_kept = energies_and_pair_gradients(self.model, species, sub_edges, vec[kept], hop)
         eatoms = energies.index_select(0, sub_local).to(torch.float64)
         if nlist:
             try:

@@ -143,14 +143,14 @@ def prune_to_hops(edge_index: torch.Tensor, n_nodes: int, sources: torch.Tensor,
     """The part of a graph that an L-layer message-passing energy of ``sources`` can see, L = ``hops``.
 
     The energy of a source depends on the layer-l features of nodes at most L - l pairs away, and
-    the layer-l features on the pairs into them: so only nodes within L hops and pairs with an end
-    within L - 1 hops matter. The rest (ghost atoms beyond the receptive field, the skin, the
-    pairs among the outermost atoms) is dropped. Returns ``(nodes, pairs, edge_index, hop)``: the
-    kept nodes (old indices, ascending), a bool mask of the kept pairs, the kept pairs renumbered,
-    and the kept nodes' hop distances.
+    those come from the pairs (i, j) into them: so only nodes within L hops and pairs whose centre i
+    is within L - 1 hops matter. The rest (ghost atoms beyond the receptive field, the skin, the
+    pairs into the outermost atoms) is dropped; a dropped pair's derivative is exactly zero. Returns
+    ``(nodes, pairs, edge_index, hop)``: the kept nodes (old indices, ascending), a bool mask of the
+    kept pairs, the kept pairs renumbered, and the kept nodes' hop distances.
     """
     hop = hop_distances(edge_index, n_nodes, sources, hops)
-    pairs = (hop.index_select(0, edge_index[0]) < hops) | (hop.index_select(0, edge_index[1]) < hops)
+    pairs = hop.index_select(0, edge_index[0]) < hops
     nodes = (hop <= hops).nonzero().squeeze(1)
     renumber = torch.full((n_nodes,), -1, dtype=torch.long, device=edge_index.device)
     renumber[nodes] = torch.arange(nodes.numel(), device=edge_index.device)
@@ -170,21 +170,28 @@ def check_min_distance(edge_vec: torch.Tensor, min_distance: float, name_pair) -
 
 
 def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_index: torch.Tensor,
-                                edge_vec: torch.Tensor, counted: Optional[torch.Tensor] = None
-                                ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-atom energies E_i [N] and g = d(sum_{i in counted} E_i)/d edge_vec [E, 3], both detached.
+                                edge_vec: torch.Tensor, hop: Optional[torch.Tensor] = None,
+                                counted_hops: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-atom energies E_i [N] and g = d(sum_{i counted} E_i)/d edge_vec [E, 3], both detached.
 
     ``species`` [N] are the model's species indices, ``edge_index`` [2, E] the pairs (i, j),
-    ``edge_vec`` [E, 3] their vectors r_j - r_i in the model's dtype and device; ``counted`` the
-    indices of the atoms whose energies are differentiated (None: all).
+    ``edge_vec`` [E, 3] their vectors r_j - r_i in the model's dtype and device. ``hop`` [N]: graph
+    distances from the atoms that matter (:func:`prune_to_hops`); then only the atoms with
+    ``hop <= counted_hops`` are counted, and their E_i are the only exact ones: each layer updates
+    only the atoms the counted energies still depend on (:class:`~ase_eqgnn.models.neighborhood.Layered`).
+    ``hop=None``: every atom is counted and exact.
     """
     if species.shape[0] == 0:  # (a rank that holds no atoms: nothing to evaluate)
         return (torch.zeros(0, dtype=edge_vec.dtype, device=edge_vec.device),
                 torch.zeros_like(edge_vec))
+    neighborhood = None
+    if hop is not None:
+        hop = hop.to(edge_index.device)
+        neighborhood = model.partial_neighborhood(edge_index, species.shape[0], hop, counted_hops)
     vec = edge_vec.detach().requires_grad_(True)
     with torch.enable_grad():
-        energies = model.energies_from_edges(species, edge_index, vec)
-        total = energies.sum() if counted is None else energies.index_select(0, counted).sum()
+        energies = model.energies_from_edges(species, edge_index, vec, neighborhood)
+        total = energies.sum() if hop is None else energies[hop <= counted_hops].sum()
         if vec.shape[0] == 0 or not total.requires_grad:
             grad = torch.zeros_like(vec)
         else:

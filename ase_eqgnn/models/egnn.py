@@ -37,6 +37,7 @@ from torch import nn
 
 from .blocks import (BesselBasis, MLP, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
+from .neighborhood import layer_views
 
 DEFAULTS = {
     "features": 128,
@@ -99,16 +100,19 @@ class EGNN(nn.Module):
     def forward(self, species: torch.Tensor, edge_vec: torch.Tensor, nbh) -> torch.Tensor:
         """species [N] (indices), edge vectors r_ij [E, 3] (Å), a neighbourhood (:mod:`.neighborhood`)."""
         r0 = edge_lengths(edge_vec)
-        env = nbh.edges(self.envelope(r0))
-        radial = nbh.edges(self.basis(r0)) * env.unsqueeze(-1)
-        vec = nbh.edges(edge_vec)
+        per_edge = (self.envelope(r0), self.basis(r0)) + ((edge_vec,) if self.coord_update else ())
         h = self.embedding(species)
-        for k, layer in enumerate(self.layers):
-            h, m = layer(h, radial, env, nbh)
-            if self.coord_update and k + 1 < len(self.layers):
-                d = layer.coordinate_shift(m, env, vec, nbh)
-                vec = vec + nbh.gather(d) - nbh.centre(d)
+        shift = None  # Σ of the coordinate shifts of the blocks so far, [N, 3] Å
+        for k, (nbh_k, tensors) in enumerate(layer_views(nbh, len(self.layers), per_edge)):
+            env, radial = tensors[0], tensors[1] * tensors[0].unsqueeze(-1)
+            if shift is not None:  # edge vectors between the shifted coordinates
+                vec = tensors[2] + nbh_k.gather(shift) - nbh_k.centre(shift)
                 radial = self.basis(edge_lengths(vec)) * env.unsqueeze(-1)
+            h, m = self.layers[k](h, radial, env, nbh_k)
+            if self.coord_update and k + 1 < len(self.layers):
+                vec = tensors[2] if shift is None else vec
+                d = self.layers[k].coordinate_shift(m, env, vec, nbh_k)
+                shift = d if shift is None else shift + d
         return h
 
 

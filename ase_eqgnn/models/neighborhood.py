@@ -37,7 +37,7 @@ Example
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -81,6 +81,72 @@ class EdgeList:
         return self.sum(torch.einsum("ead,eaf->edf", u, m))
 
 
+class Layered:
+    """Per-layer neighbourhoods for when only some atoms' energies are wanted.
+
+    In an L-layer network the features of atom i after layer k (0-based) depend on atoms at most
+    k + 1 pairs away. So if only the energies of atoms within ``wanted_hops`` pairs of some sources are
+    wanted (LAMMPS's local atoms: 0; the ``fix external`` runner: L), layer k only has to update the
+    atoms within ``wanted_hops + L - 1 - k`` pairs, and only the pairs (i, j) into them are summed:
+
+        layer k sums over  {(i, j) : hop(i) <= wanted_hops + L - 1 - k}
+
+    The features (and energies) of the other atoms come out wrong and must not be read. Layer 0 takes
+    every pair given, so pass only pairs whose centre is within ``wanted_hops + L - 1`` hops.
+
+    A family reads it through :func:`layer_views`; a family that does not still gets exact wanted
+    energies, because every attribute falls through to layer 0's neighbourhood (all the pairs).
+    """
+
+    #: A layer whose pairs are more than this fraction of the previous layer's reuses its
+    #: neighbourhood (measured: building a padded layout costs about what summing 20 % fewer pairs
+    #: saves; benchmarks/mliap_layers.py).
+    REUSE_ABOVE = 0.75
+
+    def __init__(self, edge_index: torch.Tensor, n_nodes: int, hop: torch.Tensor, wanted_hops: int,
+                 n_layers: int, layout: str = "auto", fast_layout: Optional[dict] = None):
+        centre_hop = hop.index_select(0, edge_index[0])
+        self.parts = [(build_neighborhood(edge_index, n_nodes, layout, fast_layout), None)]
+        kept = edge_index.shape[1]
+        for k in range(1, n_layers):
+            ids = (centre_hop <= wanted_hops + n_layers - 1 - k).nonzero().squeeze(1)
+            if ids.numel() > self.REUSE_ABOVE * kept:
+                # too few pairs dropped to pay for laying out another neighbourhood: keep the
+                # previous layer's (its extra pairs only update atoms nothing reads)
+                self.parts.append(self.parts[-1])
+                continue
+            sub = build_neighborhood(edge_index.index_select(1, ids), n_nodes, layout, fast_layout)
+            self.parts.append((sub, ids))
+            kept = ids.numel()
+
+    def layer(self, k: int):
+        """(neighbourhood of layer k, ids of its pairs among all pairs; None: all of them)."""
+        return self.parts[k]
+
+    def __getattr__(self, name):
+        if name == "parts":  # (not yet set: during unpickling or copying)
+            raise AttributeError(name)
+        return getattr(self.parts[0][0], name)
+
+
+def layer_views(nbh, n_layers: int, per_edge: Tuple[torch.Tensor, ...]) -> List[tuple]:
+    """``[(neighbourhood_k, per_edge_k)]`` for layers k = 0..n_layers-1: the neighbourhood layer k sums
+    over and the per-edge tensors [E, ...] of ``per_edge`` in its edge form (``edges``).
+
+    A plain neighbourhood gives itself and one conversion for every layer; a :class:`Layered` one
+    gives each layer its own pairs.
+    """
+    if not isinstance(nbh, Layered):
+        converted = tuple(nbh.edges(t) for t in per_edge)
+        return [(nbh, converted)] * n_layers
+    views = []
+    for k in range(n_layers):
+        sub, ids = nbh.layer(k)
+        picked = per_edge if ids is None else tuple(t.index_select(0, ids) for t in per_edge)
+        views.append((sub, tuple(sub.edges(t) for t in picked)))
+    return views
+
+
 def build_neighborhood(edge_index: torch.Tensor, n_nodes: int, layout: str = "auto",
                        fast_layout: Optional[dict] = None):
     """The neighbourhood of ``n_nodes`` atoms with edges ``edge_index`` [2, E].
@@ -99,4 +165,4 @@ def build_neighborhood(edge_index: torch.Tensor, n_nodes: int, layout: str = "au
     return neighborhoods(edge_index, n_nodes, **fast_layout)
 
 
-__all__ = ["LAYOUTS", "EdgeList", "build_neighborhood"]
+__all__ = ["LAYOUTS", "EdgeList", "Layered", "build_neighborhood", "layer_views"]

@@ -39,6 +39,7 @@ from torch import nn
 
 from .blocks import (MLP, BesselBasis, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
+from .neighborhood import layer_views
 
 DEFAULTS = {
     "features": 128,
@@ -120,12 +121,11 @@ class PaiNN(nn.Module):
     def forward(self, species: torch.Tensor, edge_vec: torch.Tensor, nbh) -> torch.Tensor:
         """species [N] (indices), edge vectors r_ij [E, 3] (Å), a neighbourhood (:mod:`.neighborhood`)."""
         r = edge_lengths(edge_vec)
-        unit = nbh.edges(edge_vec / r.unsqueeze(-1))
-        radial = nbh.edges(self.basis(r) * self.envelope(r).unsqueeze(-1))
+        per_edge = (edge_vec / r.unsqueeze(-1), self.basis(r) * self.envelope(r).unsqueeze(-1))
         s = self.embedding(species)
         v = s.new_zeros(s.shape[0], 3, self.features)
-        for k in range(self.n_layers):
-            s, v = self.messages[k](s, v, radial, unit, nbh)
+        for k, (nbh_k, (unit, radial)) in enumerate(layer_views(nbh, self.n_layers, per_edge)):
+            s, v = self.messages[k](s, v, radial, unit, nbh_k)
             s, v = self.updates[k](s, v)
         return s
 

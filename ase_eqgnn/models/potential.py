@@ -38,7 +38,7 @@ from .. import keys
 from ..graph import AtomicGraph, edge_vectors
 from ..indexing import scatter_rows
 from .blocks import MLP, SpeciesIndex
-from .neighborhood import build_neighborhood
+from .neighborhood import Layered, build_neighborhood
 
 
 class Potential(nn.Module):
@@ -103,6 +103,14 @@ class Potential(nn.Module):
         """The neighbourhood the representation works on (:func:`~.neighborhood.build_neighborhood`):
         ``layout="auto"`` its fast layout, ``"reference"`` the plain edge list."""
         return build_neighborhood(edge_index, n_nodes, layout, self.representation.fast_layout)
+
+    def partial_neighborhood(self, edge_index: torch.Tensor, n_nodes: int, hop: torch.Tensor,
+                             wanted_hops: int, layout: str = "auto"):
+        """A neighbourhood for when only the energies of the atoms with ``hop <= wanted_hops`` are
+        wanted (``hop`` [N]: graph distances from some atoms): each layer updates only the atoms those
+        energies depend on (:class:`~.neighborhood.Layered`); the other E_i come out wrong."""
+        return Layered(edge_index, n_nodes, hop, wanted_hops, int(self._hparams["layers"]), layout,
+                       self.representation.fast_layout)
 
     def atom_energies(self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                       batch: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,

@@ -50,6 +50,7 @@ from .body_order import SymmetricContraction
 from .blocks import (BesselBasis, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
 from .layouts import PaddedNeighborhood
+from .neighborhood import layer_views
 from .tp_fused import NeighborTensorProduct
 
 DEFAULTS = {
@@ -197,12 +198,13 @@ class TensorProductNet(nn.Module):
     def forward(self, species: torch.Tensor, edge_vec: torch.Tensor, nbh) -> torch.Tensor:
         """species [N] (indices), edge vectors r_ij [E, 3] (Å), a neighbourhood (:mod:`.neighborhood`)."""
         r = edge_lengths(edge_vec)
-        sh = nbh.edges(self.sh(edge_vec))
-        radial = nbh.edges(self.basis(r) * self.envelope(r).unsqueeze(-1))  # e(r) f(r)
-        cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
+        per_edge = (self.sh(edge_vec), self.basis(r) * self.envelope(r).unsqueeze(-1))  # Y, e(r) f(r)
+        shared: Dict[Tuple[int, int, int], torch.Tensor] = {}
         x = self.embedding(species)
-        for block in self.blocks:
-            x = block(x, sh, radial, nbh, cache, species)
+        views = layer_views(nbh, len(self.blocks), per_edge)
+        for block, (nbh_k, (sh, radial)) in zip(self.blocks, views):
+            # the fused product's operands are per neighbourhood: shared unless layers differ
+            x = block(x, sh, radial, nbh_k, shared if nbh_k is nbh else {}, species)
         return x
 
 
