@@ -173,3 +173,35 @@ def test_a_final_stage_raises_the_energy_weight_at_a_low_lr(cu_file, tmp_path): 
                                   final_lr=2e-4, final_energy_weight=1000.0))
     assert resumed.in_final_stage and resumed.weights.energy == 1000.0
     resumed.close()
+
+
+def test_without_a_model_the_default_recipe_is_trained(cu_file, tmp_path):  # noqa: F811
+    """``eqgnn-train --data F --max-time T``: the body-ordered tp recipe, its batch size, learning
+    rate and warm-up; naming a family gives that family's own defaults; flags still win."""
+    parser = build_parser()
+    cfg = config_from_args(parser.parse_args(["--data", str(cu_file), "--max-time", "60"]))
+    assert cfg.model is None and cfg.model_name == "tp"
+    assert (cfg.effective_batch_size, cfg.effective_lr, cfg.effective_warmup_epochs) == (5, 5e-3, 2)
+    trainer = Trainer(TrainConfig(data=str(cu_file), out=str(tmp_path / "run"), cutoff=3.0,
+                                  progress=False, num_threads=1))
+    hp = trainer.model.config["hparams"]
+    assert (trainer.model.config["name"], hp["correlation"], hp["sh_l_max"], hp["layers"],
+            hp["features"], hp["l_max"]) == ("tp", 3, 3, 2, 32, 1)
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 5e-3
+    # hyper-parameters without a model adjust the recipe; a named family keeps its own defaults
+    small = TrainConfig(data="x.npz", hparams={"features": 8})
+    assert small.model_hparams["features"] == 8 and small.model_hparams["correlation"] == 3
+    painn = config_from_args(parser.parse_args(["--data", "x.npz", "--model", "painn"]))
+    assert painn.model_hparams == {} and (painn.effective_batch_size, painn.effective_lr) == (8, 1e-3)
+    given = config_from_args(parser.parse_args(["--data", "x.npz", "--batch-size", "3", "--lr", "1e-4"]))
+    assert (given.effective_batch_size, given.effective_lr, given.model_name) == (3, 1e-4, "tp")
+
+
+def test_the_shipped_recipe_file_spells_out_the_default():
+    from pathlib import Path
+
+    from ase_eqgnn.train.config import DEFAULT_RECIPE, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "training/configs/small_data_tp.yaml")
+    assert (cfg.model, cfg.hparams, cfg.batch_size, cfg.lr, cfg.warmup_epochs) == tuple(
+        DEFAULT_RECIPE[k] for k in ("model", "hparams", "batch_size", "lr", "warmup_epochs"))

@@ -22,7 +22,7 @@ from ase_eqgnn.train import TrainConfig, train
 from ase_eqgnn.train.config import config_from_args
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY_FLAGS = ["--cutoff", "3.0", "--hparams", "{features: 8, layers: 1, n_radial: 4}", "--batch-size", "4",
+TINY_FLAGS = ["--model", "painn", "--cutoff", "3.0", "--hparams", "{features: 8, layers: 1, n_radial: 4}", "--batch-size", "4",
               "--no-progress", "--threads", "1", "--max-epochs", "1", "--valid-fraction", "0.25"]
 
 

@@ -21,7 +21,8 @@ from ase_eqgnn.train.resume import load_train_state
 from ase_eqgnn.train.run_dir import dump_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = dict(cutoff=3.0, hparams={"features": 8, "layers": 1, "n_radial": 4}, batch_size=4,
+TINY = dict(model="painn", cutoff=3.0, hparams={"features": 8, "layers": 1, "n_radial": 4},
+            batch_size=4,
             dtype="float64", progress=False, num_threads=1, lr=5e-3, valid_fraction=0.25)
 
 

@@ -6,9 +6,11 @@ relative to the current working directory (where ``eqgnn-train`` is started), no
 
 Units: energies eV, lengths Å, times s (``max_time``), learning rates per optimizer step.
 
->>> cfg = TrainConfig(data="train.npz", out="run1")
->>> cfg.model, cfg.batch_size
-('painn', 8)
+>>> cfg = TrainConfig(data="train.npz", out="run1")   # no model named: the default recipe
+>>> cfg.model_name, cfg.model_hparams["correlation"], cfg.effective_batch_size, cfg.effective_lr
+('tp', 3, 5, 0.005)
+>>> TrainConfig(data="train.npz", model="painn").effective_batch_size  # a named family: generic settings
+8
 >>> cfg = config_from_dict({"data": "train.npz", "max_epochs": "20"})
 >>> cfg.max_epochs
 20
@@ -25,13 +27,25 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..checkpoint.potential import CUTOFF_RANGE_A, check_hparams
 from ..dtypes import DTYPES as _DTYPE_TABLE
 
-__all__ = ["TrainConfig", "config_from_dict", "load_config", "save_config", "add_config_arguments",
+__all__ = ["TrainConfig", "DEFAULT_RECIPE", "config_from_dict", "load_config", "save_config", "add_config_arguments",
            "config_from_args", "RESUME_MUTABLE_KEYS"]
 
 SCHEDULERS = ("auto", "plateau", "cosine")
 #: What the None defaults of ``max_epochs`` and ``patience`` mean for a run without ``max_time``.
 DEFAULT_MAX_EPOCHS = 100
 DEFAULT_PATIENCE = 30
+#: What a run trains when ``model`` is left out: the recipe that measured best for a time budget on a
+#: few hundred frames (docs/accuracy_log.md; training/configs/small_data_tp.yaml spells it out):
+#: body-ordered ``tp``, 2 x 32 channels with l <= 1 features, a neighbour density to l = 3 contracted to
+#: body order 4, small batches and a larger learning rate with a short warm-up.
+DEFAULT_RECIPE: Dict[str, Any] = {
+    "model": "tp",
+    "hparams": {"features": 32, "l_max": 1, "sh_l_max": 3, "layers": 2, "correlation": 3},
+    "batch_size": 5, "lr": 5e-3, "warmup_epochs": 2,
+}
+#: The optimiser settings left out when a model family is named (its hyper-parameters then default to
+#: the family's own, ase_eqgnn.models).
+NAMED_MODEL_SETTINGS: Dict[str, Any] = {"batch_size": 8, "lr": 1e-3, "warmup_epochs": 0}
 LOSSES = ("mse", "huber")
 DTYPES = tuple(_DTYPE_TABLE)  # ase_eqgnn.dtypes
 SPLITS = ("random", "contiguous")
@@ -73,9 +87,12 @@ class TrainConfig:
     temperature: float = _f(300.0, "temperature of the data, K (cg_map only: fits the CG priors)")
 
     # ------------------------------------------------------------------ model
-    model: str = _f("painn", "\"painn\", \"tp\" or \"egnn\"")
+    model: Optional[str] = _f(None, "\"painn\", \"tp\" or \"egnn\"; None = the default recipe "
+                                    "(body-ordered tp, 2 x 32, correlation 3, density to l = 3; batch "
+                                    "5, lr 5e-3, warm-up 2: the best measured for a time budget)")
     hparams: Dict[str, Any] = field(default_factory=dict,
-                                   metadata={"help": "family hyper-parameters (see build_model)"})
+                                   metadata={"help": "family hyper-parameters (see build_model); "
+                                                     "without a model they adjust the default recipe's"})
     cutoff: float = _f(5.0, "neighbour cutoff, Å")
     species: Optional[List[Any]] = _f(None, "elements the model knows; None = those in the training data")
     e0: Optional[Dict[str, float]] = _f(None, "reference energies per element (eV); None = least squares")
@@ -90,7 +107,8 @@ class TrainConfig:
                                          "none. With a budget the defaults use it all: the lr "
                                          "anneals over it (scheduler auto) and neither max_epochs "
                                          "nor patience ends the run unless given")
-    batch_size: int = _f(8, "structures per optimizer step (global, over all processes)")
+    batch_size: Optional[int] = _f(None, "structures per optimizer step (global, over all "
+                                         "processes); None = 5 with the default recipe, else 8")
     valid_batch_size: Optional[int] = _f(None, "structures per validation batch; None = 2 * batch_size")
     seed: int = _f(0, "seed of the split, the initial weights and the batch order")
     device: str = _f("auto", "\"auto\" (cuda when available), \"cpu\", \"cuda\", \"cuda:1\"")
@@ -108,13 +126,15 @@ class TrainConfig:
     progress: bool = _f(True, "tqdm progress bars")
 
     # ------------------------------------------------------------------ optimisation
-    lr: float = _f(1e-3, "AdamW learning rate (after warm-up)")
+    lr: Optional[float] = _f(None, "AdamW learning rate (after warm-up); None = 5e-3 with the "
+                                   "default recipe, else 1e-3")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
     scheduler: str = _f("auto", "\"plateau\" (ReduceLROnPlateau on valid loss), \"cosine\" "
                                 "(annealed over max_epochs, or over max_time after warm-up when "
                                 "that comes first) or \"auto\": cosine when max_time is set, else "
                                 "plateau")
-    warmup_epochs: int = _f(0, "linear learning-rate warm-up before the schedule")
+    warmup_epochs: Optional[int] = _f(None, "linear learning-rate warm-up before the schedule; "
+                                            "None = 2 epochs with the default recipe, else 0")
     lr_factor: float = _f(0.5, "plateau: multiply the lr by this on a plateau")
     lr_patience: int = _f(5, "plateau: epochs without improvement before reducing")
     min_lr: float = _f(1e-6, "floor of both schedules")
@@ -140,8 +160,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value."""
-        _choice("model", self.model, _model_names())
-        check_hparams(self.hparams)  # the bounds a model file must keep, so every trained model loads
+        if self.model is not None:
+            _choice("model", self.model, _model_names())
+        check_hparams(self.model_hparams)  # the bounds a model file must keep, so every trained model loads
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("loss", self.loss, LOSSES)
         _choice("dtype", self.dtype, DTYPES)
@@ -169,6 +190,8 @@ class TrainConfig:
             raise ValueError(f"cutoff must be in [{CUTOFF_RANGE[0]}, {CUTOFF_RANGE[1]}] Å, got {self.cutoff}")
         for name in ("lr", "cutoff", "huber_delta", "final_lr"):
             v = getattr(self, name)
+            if v is None and name == "lr":
+                continue
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {v}")
         for name in ("weight_decay", "min_lr", "energy_weight", "forces_weight", "stress_weight",
@@ -225,8 +248,40 @@ class TrainConfig:
         return 0 if self.max_time is not None else DEFAULT_PATIENCE
 
     @property
+    def model_name(self) -> str:
+        """The model family this run trains: ``model``, or the default recipe's."""
+        return self.model or DEFAULT_RECIPE["model"]
+
+    @property
+    def model_hparams(self) -> Dict[str, Any]:
+        """The hyper-parameters given, over the default recipe's when no model is named."""
+        base = DEFAULT_RECIPE["hparams"] if self.model is None else {}
+        return {**base, **self.hparams}
+
+    def _setting(self, name: str) -> Any:
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        return (DEFAULT_RECIPE if self.model is None else NAMED_MODEL_SETTINGS)[name]
+
+    @property
+    def effective_batch_size(self) -> int:
+        """``batch_size``, or its default (the recipe's when no model is named)."""
+        return self._setting("batch_size")
+
+    @property
+    def effective_lr(self) -> float:
+        """``lr``, or its default (the recipe's when no model is named)."""
+        return self._setting("lr")
+
+    @property
+    def effective_warmup_epochs(self) -> int:
+        """``warmup_epochs``, or its default (the recipe's when no model is named)."""
+        return self._setting("warmup_epochs")
+
+    @property
     def eval_batch_size(self) -> int:
-        return self.valid_batch_size or 2 * self.batch_size
+        return self.valid_batch_size or 2 * self.effective_batch_size
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain-Python (YAML/JSON-able) copy of every field."""

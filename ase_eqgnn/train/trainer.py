@@ -100,8 +100,8 @@ class Trainer(EpochTask):
         resume = self.run_dir.check()
         self.device = ddp.resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = ddp.init_distributed(self.device)
-        if cfg.batch_size < self.dist.world_size:
-            raise ValueError(f"batch_size {cfg.batch_size} is smaller than the number of processes "
+        if cfg.effective_batch_size < self.dist.world_size:
+            raise ValueError(f"batch_size {cfg.effective_batch_size} is smaller than the number of processes "
                              f"{self.dist.world_size}: every process needs a share of each batch")
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
@@ -123,13 +123,13 @@ class Trainer(EpochTask):
         if self.cg is not None and e0_given is None:  # mapped frames have no energy; a free energy's zero is free
             e0_given = {z: 0.0 for z in self.species}
         e0, scale, shift = dataset_statistics(self.train_samples, self.species, e0_given, cfg.scale)
-        check_model_size(cfg.model, self.species, cfg.cutoff, cfg.hparams)
+        check_model_size(cfg.model_name, self.species, cfg.cutoff, cfg.model_hparams)
         try:
-            model = build_model(cfg.model, self.species, cfg.cutoff, hparams=dict(cfg.hparams))
+            model = build_model(cfg.model_name, self.species, cfg.cutoff, hparams=cfg.model_hparams)
         except RuntimeError as err:  # what the size check could not count (tp) may not fit
             if "allocate" not in str(err):
                 raise
-            raise ValueError(f"hparams {cfg.hparams}: the {cfg.model} model does not fit in memory "
+            raise ValueError(f"hparams {cfg.model_hparams}: the {cfg.model_name} model does not fit in memory "
                              f"({str(err).splitlines()[0][:200]})") from None
         with torch.no_grad():
             model.E0.copy_(torch.as_tensor(e0))
@@ -139,12 +139,12 @@ class Trainer(EpochTask):
         if self.cg is not None:  # the network on beads plus the priors fitted to the training beads
             model = self.cg.attach(model)
         self.model = model.to(device=self.device, dtype=self.dtype)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
         kind = cfg.schedule_kind  # "auto" continues the schedule the run started with
         if resume is not None and cfg.scheduler == "auto":
             kind = state_kind(resume["scheduler"])
-        self.scheduler = EpochScheduler(self.optimizer, kind, cfg.lr, cfg.epoch_limit,
-                                        cfg.warmup_epochs, cfg.min_lr, cfg.lr_factor, cfg.lr_patience,
+        self.scheduler = EpochScheduler(self.optimizer, kind, cfg.effective_lr, cfg.epoch_limit,
+                                        cfg.effective_warmup_epochs, cfg.min_lr, cfg.lr_factor, cfg.lr_patience,
                                         max_time=cfg.max_time, final_fraction=cfg.final_fraction,
                                         final_lr=cfg.final_lr)
         self.ema = make_ema(self.model, cfg.ema_decay)
@@ -242,7 +242,7 @@ class Trainer(EpochTask):
         cfg = self.cfg
         if not self.in_final_stage and self.scheduler.final_stage(loop.epoch):
             self._enter_final_stage()
-        batches = EpochBatches(len(self.train_samples), cfg.batch_size, True, cfg.seed,
+        batches = EpochBatches(len(self.train_samples), cfg.effective_batch_size, True, cfg.seed,
                                self.dist.rank, self.dist.world_size)
         batches.set_epoch(loop.epoch)
         global_batches = batches.global_batches()
@@ -348,7 +348,7 @@ class Trainer(EpochTask):
         else:
             if self.cg is not None:
                 self._say(self.cg.describe())
-            self._say(f"training {cfg.model} on {len(self.train_samples)} frames "
+            self._say(f"training {cfg.model_name} on {len(self.train_samples)} frames "
                       f"({len(self.valid_samples)} validation), species {self.species}, "
                       f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}"
                       f"{f', {self.dist.world_size} processes' if self.dist.enabled else ''}")
