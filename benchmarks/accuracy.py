@@ -60,6 +60,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ase_eqgnn.checkpoint import load_model  # noqa: E402
 from ase_eqgnn.data import read_dataset, split_dataset  # noqa: E402
 from ase_eqgnn.train import Trainer, load_config  # noqa: E402
 from ase_eqgnn.train.evaluate import evaluate_model  # noqa: E402
@@ -156,7 +157,8 @@ def train_defaults(files: Dict, out: pathlib.Path, budget: float, core: Optional
              for label, path in files["tests"].items()}
     return {"tests": {k: {m: float(v[m]) for m in METRICS} for k, v in tests.items()},
             "epochs": info["epochs"], "best_epoch": info["best_epoch"], "train_wall_s": info["wall_time_s"],
-            "total_wall_s": wall, "model": cfg["model"], "hparams": cfg["hparams"], "command": " ".join(cmd[1:])}
+            "total_wall_s": wall, "config_model": cfg["model"],  # None: eqgnn-train's default recipe
+            "model": load_model(out / "run" / "best.pt").config, "command": " ".join(cmd[1:])}
 
 
 def defaults_vs_mace(args, datasets: List[str]) -> Dict:
@@ -202,7 +204,7 @@ def vs_mace_table(results: Dict) -> str:
                 continue
             cells = [f"{_fmt(x['tests'][t]['energy_mae'])} | {_fmt(x['tests'][t]['forces_mae'], 1)} / "
                      f"{_fmt(x['tests'][t]['forces_rmse'], 1)}" for t in labels]
-            label = "MACE" if who == "mace" else f"ours ({x['model']} {x['hparams']})"
+            label = "MACE" if who == "mace" else f"ours ({x['model']['name']} {x['model']['hparams']})"
             lines.append(f"| {label} | {x['epochs']} | {x['train_wall_s']:.0f} | " + " | ".join(cells) + " |")
         if all("tests" in r[w] for w in ("mace", "ours")):
             m, o = r["mace"]["tests"], r["ours"]["tests"]
