@@ -74,7 +74,9 @@ def ase_worker(n_atoms: int, steps: int, threads: int, model: str, dtype: str) -
     k = cells_for(n_atoms)
     atoms = bulk("Cu", "fcc", a=A_CU, cubic=True).repeat((k, k, k))
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    atoms.calc = EqGNNCalculator(str(resolve_model(model)), dtype=dtype)
+    # the heap setting eqgnn-md, eqgnn-lammps and EqGNNMLIAP use (ase_eqgnn.heap): without it the
+    # ASE loop pays glibc's returning and refaulting of every large tensor (1.8x at 32,000 atoms)
+    atoms.calc = EqGNNCalculator(str(resolve_model(model)), dtype=dtype, keep_freed_memory=True)
     atoms.get_forces()  # the first call (as LAMMPS's setup), not timed
     dyn = VelocityVerlet(atoms, timestep=2 * units.fs)
     start = time.perf_counter()
