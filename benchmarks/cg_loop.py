@@ -203,7 +203,7 @@ def main(argv=None) -> None:
     p.add_argument("--cg-model", default="ala2-cg", help="CG model file or bundled name; 'prior' = priors alone")
     p.add_argument("--cg-traj", help="compare this CG trajectory (or 'dataset') instead of running CG MD")
     p.add_argument("--cg-ns", type=float, default=0.1, help="CG MD length when no --cg-traj")
-    p.add_argument("--cg-dt", type=float, default=4.0, help="CG MD time step (fs)")
+    p.add_argument("--cg-dt", type=float, default=2.0, help="CG MD time step (fs)")
     p.add_argument("--cg-interval", type=int, default=100, help="steps between CG frames")
     p.add_argument("--replicas", type=int, default=200,
                    help="independent CG copies sharing --cg-ns (CG model files only)")

@@ -10,6 +10,8 @@ import mdtraj as md
 import numpy as np
 
 from ase_eqgnn.cg import ramachandran as rama
+from ase_eqgnn.cg.backmap import BackMapper
+from ase_eqgnn.cg.maps import ala2_five_bead_map
 from ase_eqgnn.cg.potential import CGPotential
 from ase_eqgnn.checkpoint import load_model
 from ase_eqgnn.cli.cg import main
@@ -44,6 +46,25 @@ def test_eqgnn_cg_end_to_end_on_a_small_budget(tmp_path, capsys):
     assert (out / "rama.png").stat().st_size > 0 and (out / "train/best.pt").exists()
 
 
+def test_eqgnn_cg_trains_its_own_backmapper_and_uses_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(BASE + ["--epochs", "1", "--md-steps", "60", "--interval", "20", "--backmapper", "train",
+                      "--backmap-epochs", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    best = out / "backmap" / "best.pt"
+    report = json.loads((out / "report.json").read_text())
+    assert report["backmapping"]["backmapper"] == str(best)
+    assert report["backmapping"]["trained"]["epochs"] == 1
+    mapper = BackMapper.load(best)
+    assert mapper.meta["training_data"] == [str(TRAJ)]
+    # the all-atom output is this back-mapper's sampling of the CG frames (seed 0), not the bundled one's
+    beads = np.array([b.positions for b in ase.io.read(out / "cg.traj", ":")])
+    aa = md.load(str(out / "all_atom.pdb")).xyz * 10
+    np.testing.assert_allclose(aa, mapper.backmap(beads, seed=0), atol=2e-3)
+    assert np.abs(aa - BackMapper.load("ala2").backmap(beads, seed=0)).max() > 0.05
+
+
 def test_eqgnn_cg_user_errors_write_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -51,7 +72,11 @@ def test_eqgnn_cg_user_errors_write_nothing(tmp_path, capsys):
     cases = {"another CG map": ["--map", "residue"],       # 3 beads; the bundled back-mapper has 5
              "unknown CG map": ["--map", "martini"],
              "no bundled backmap": ["--backmapper", "nothing"],
-             "all-atom trajectory extension": ["--all-atom", str(tmp_path / "aa.mp4")]}
+             "all-atom trajectory extension": ["--all-atom", str(tmp_path / "aa.mp4")],
+             "--backmap-time need --backmapper train": ["--backmap-time", "60"],
+             "--backmapper train needs a named --map": ["--backmapper", "train", "--map",
+                                                        str(tmp_path / "map.json")]}
+    (tmp_path / "map.json").write_text(ala2_five_bead_map(md.load_topology(str(TRAJ))).to_json())
     for needle, extra in cases.items():
         rc = main(BASE + ["--epochs", "1", "--md-steps", "20", "--out", str(out)] + extra)
         err = capsys.readouterr().err
@@ -59,3 +84,8 @@ def test_eqgnn_cg_user_errors_write_nothing(tmp_path, capsys):
         assert needle in err, err
         assert sorted(p.name for p in out.iterdir()) == ["report.json"]
         assert (out / "report.json").read_text() == "keep me"
+    # the back-mapping trainer reads mdtraj formats only: an npz of frames is refused up front
+    rc = main([str(TRAJ.with_suffix(".npz")), "--no-progress", "--backmapper", "train", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("eqgnn-cg: error: --backmapper train:") and err.count("\n") == 1, err
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]

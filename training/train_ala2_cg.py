@@ -3,7 +3,7 @@
 The 5-bead backbone map of the bundled back-mapper (beads at ACE C, ALA N, CA, ALA C, NME N), a
 PaiNN network on the beads plus priors (bonds, angles, repulsion, dihedrals) fitted at 300 K,
 trained by force matching with the package's trainer (``cg_map: data``) on the shipped CG set
-``training/data/ala2_cg_5bead.npz`` (24 independent 1-ns OpenMM runs, mapped; see README.md),
+``training/data/ala2_cg_5bead.npz`` (independent 1-ns OpenMM runs, mapped; see README.md),
 with a short CPU budget::
 
     OMP_NUM_THREADS=1 python training/train_ala2_cg.py --out runs/ala2_cg --max-time 240
@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ase_eqgnn.cg.forcematch import load_cg_dataset  # noqa: E402
 from ase_eqgnn.pretrained import register  # noqa: E402
 from ase_eqgnn.train import TrainConfig, train  # noqa: E402
 
@@ -51,6 +52,8 @@ def main(argv=None) -> None:
     if args.no_register:
         return
     target = ROOT / "ase_eqgnn" / "pretrained" / "potential_ala2-cg.pt"
+    data = load_cg_dataset(ROOT / DATASET)
+    n_runs, n_frames = len(set(data.extra["run"].tolist())), len(data)
     shutil.copyfile(best, target)
     register({
         "name": "ala2-cg",
@@ -62,9 +65,10 @@ def main(argv=None) -> None:
         "coarse_grained": "5-bead backbone map (ACE C, ALA N, CA, ALA C, NME N; the map of the "
                           "bundled back-mapper 'ala2'), priors at 300 K (bonds, angles, repulsion, "
                           "dihedrals); beads_to_atoms('ala2-cg', x) makes its Atoms",
-        "training_data": f"{DATASET} (24 x 1 ns OpenMM amber14/OBC2 ala2 at 300 K, mapped; "
-                         f"{int(round(0.95 * 24000))} frames, random 5 % validation)",
-        "training": f"{result.epochs} epochs, {cfg.max_time:g} s budget on 1 CPU thread",
+        "training_data": f"{DATASET} ({n_runs} x 1 ns OpenMM amber14/OBC2 ala2 at 300 K, mapped; "
+                         f"{n_frames} frames, random 5 % validation)",
+        "training": f"{result.epochs} epochs, {cfg.max_time:g} s budget on 1 CPU thread "
+                    "(training/train_ala2_cg.py)",
         "test_data": "the 5 % validation split (mapped forces)",
         "test_metrics": {k: round(float(result.best_metrics[k]), 1) for k in ("forces_mae", "forces_rmse")},
         "units": "forces meV/Å per bead component (mapped all-atom forces: noisy samples of the mean "

@@ -1,8 +1,8 @@
 """``eqgnn-cg``: the whole coarse-grained loop in one command.
 
     eqgnn-cg TRAJ [--energies NPZ] [--top PDB] [--map ala2-5bead] [--temperature 300]
-             [--model painn] [--epochs 20] [--md-steps 5000] [--timestep 4] [--backmapper ala2]
-             [--out cg_run]
+             [--model painn] [--epochs 20] [--md-steps 5000] [--timestep 4]
+             [--backmapper ala2|FILE|train [--backmap-epochs 20] [--backmap-time S]] [--out cg_run]
 
 From an all-atom trajectory with forces (any file ``eqgnn-train`` reads: an mdtraj trajectory with
 an ``--energies`` npz of forces, an npz, an extxyz with forces) and a CG map, it
@@ -10,7 +10,11 @@ an ``--energies`` npz of forces, an npz, an extxyz with forces) and a CG map, it
 1. trains a CG potential by force matching (``eqgnn-train --cg-map``: the mapped forces, priors
    fitted at ``--temperature``) in ``OUT/train/`` (re-running the same command resumes there);
 2. runs Langevin CG MD at that temperature from the first frame's beads;
-3. back-maps the CG frames with a back-mapping model of the same map (bundled ``ala2`` by default);
+3. back-maps the CG frames with a back-mapping model of the same map: the bundled ``ala2`` by
+   default, a back-mapping model file, or, with ``--backmapper train``, one trained here on the same
+   all-atom trajectory (``eqgnn-train-backmap``'s trainer, in ``OUT/backmap/``, within
+   ``--backmap-epochs`` / ``--backmap-time``; the trajectory must then be an mdtraj format with a
+   topology: .h5, .pdb, or ``--top``; re-running resumes there too);
 
 and writes ``OUT/cg_model.pt`` (the CG model file, for ``eqgnn-md --model`` and
 ``EqGNNCalculator``), ``OUT/cg.traj`` (bead frames), ``OUT/all_atom.pdb`` (``--all-atom`` to choose
@@ -63,7 +67,12 @@ def build_parser():
     p.add_argument("--timestep", type=real(above=0, maximum=50), default=4.0, help="CG MD, fs")
     p.add_argument("--interval", type=count(1), default=50, help="steps between CG frames")
     p.add_argument("--backmapper", default="ala2",
-                   help="back-mapping model: bundled name or file (same CG map)")
+                   help="back-mapping model: bundled name or file (same CG map), or 'train' to train "
+                        "one on TRAJ in OUT/backmap/")
+    p.add_argument("--backmap-epochs", type=count(1), default=None,
+                   help="with --backmapper train: most epochs (default 20)")
+    p.add_argument("--backmap-time", type=real(above=0), default=None,
+                   help="with --backmapper train: training budget, s")
     p.add_argument("--samples", type=count(1, 100), default=1, help="all-atom samples per CG frame")
     p.add_argument("--out", default="cg_run", help="output folder")
     p.add_argument("--all-atom", default=None,
@@ -80,6 +89,32 @@ def _same_map(a, b) -> bool:
     return a.n_atoms == b.n_atoms and a.n_beads == b.n_beads and np.allclose(a.weights(), b.weights())
 
 
+def _backmap_task(args, run_dir: str):
+    """The back-mapping training run on the input trajectory (the package's back-mapping trainer,
+    :class:`~ase_eqgnn.cg.train.BackmapTask`): data read and run folder checked, nothing written."""
+    from ..cg.train import BackmapTask, resolve_config
+
+    cfg = resolve_config(traj=[args.traj], top=args.top, map=args.map, out=run_dir,
+                         max_epochs=args.backmap_epochs or 20, max_time=args.backmap_time, seed=args.seed,
+                         device=args.device)
+    try:
+        return BackmapTask(cfg, progress=not args.no_progress)
+    except ValueError as err:
+        raise ValueError(f"--backmapper train: {err}") from None
+
+
+def _train_backmapper(task):
+    """Train ``task`` (resuming its run folder); the path of its ``best.pt`` and what to report."""
+    best = task.fit()
+    if not best.exists():
+        raise ValueError("the back-mapping training gave no finite validation loss (no best.pt): "
+                         "try a longer --backmap-time or more --backmap-epochs")
+    row = task.loop.history[task.loop.best_epoch]
+    return best, {"run": task.cfg["out"], "epochs": task.loop.epoch, "best_epoch": task.loop.best_epoch + 1,
+                  **{k: row[k] for k in ("val_loss", "val_recon_rmsd", "val_sample_heavy_rmsd",
+                                         "val_sample_valid", "val_sample_clash") if k in row}}
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -88,13 +123,20 @@ def run(args) -> int:
     from ..cg.backmap import WRITABLE, BackMapper, write_all_atom
     from ..cg.beads import beads_to_atoms
     from ..cg.loop import backmap_report, fes_report, is_ala2_five_bead, run_cg_md
+    from ..cg.training import MAP_NAMES
     from ..checkpoint import load_model
     from ..errors import AtomsTooCloseError, OutOfDomainError
     from ..outputs import OutputFiles
     from ..pretrained import resolve_model
     from ..train import Trainer, TrainConfig
 
-    backmapper = resolve_model(args.backmapper, kind="backmap")
+    train_mapper = args.backmapper == "train"
+    if train_mapper and args.map not in MAP_NAMES:
+        raise ValueError(f"--backmapper train needs a named --map ({', '.join(MAP_NAMES)}), "
+                         f"not {args.map}; or give a back-mapping model file of that map")
+    if not train_mapper and (args.backmap_epochs, args.backmap_time) != (None, None):
+        raise ValueError("--backmap-epochs and --backmap-time need --backmapper train")
+    backmapper = None if train_mapper else resolve_model(args.backmapper, kind="backmap")
     out = args.out
     names = {"model": os.path.join(out, "cg_model.pt"), "cg": os.path.join(out, "cg.traj"),
              "aa": args.all_atom or os.path.join(out, "all_atom.pdb"),
@@ -104,7 +146,12 @@ def run(args) -> int:
         outputs.add(names["cg"], "CG trajectory", (".traj",))
         outputs.add(names["aa"], "all-atom trajectory", WRITABLE)
         outputs.add(names["report"], "report", (".json",))
-        mapper = BackMapper.load(backmapper, device=args.device)
+        if train_mapper:  # reads the trajectory and checks OUT/backmap/ now; trains after the CG MD
+            backmap_task = _backmap_task(args, os.path.join(out, "backmap"))
+            mapper_map, mapper_topology = backmap_task.model.cg_map, backmap_task.topology
+        else:
+            mapper = BackMapper.load(backmapper, device=args.device)
+            mapper_map, mapper_topology = mapper.cg_map, mapper.topology
         cfg = TrainConfig(data=args.traj, energies=args.energies, topology=args.top, cg_map=args.map,
                           temperature=args.temperature, model=args.model, cutoff=args.cutoff,
                           hparams={"features": args.features, "layers": args.layers},
@@ -115,12 +162,12 @@ def run(args) -> int:
         trainer = Trainer(cfg)
         try:
             cg = trainer.cg
-            if not _same_map(mapper.cg_map, cg.cg_map):
+            if not _same_map(mapper_map, cg.cg_map):
                 raise ValueError(f"the back-mapping model {args.backmapper} was trained on another CG "
-                                 f"map ({mapper.cg_map.n_beads} beads of {mapper.cg_map.n_atoms} atoms) "
+                                 f"map ({mapper_map.n_beads} beads of {mapper_map.n_atoms} atoms) "
                                  f"than --map {args.map} ({cg.cg_map.n_beads} beads of "
-                                 f"{cg.cg_map.n_atoms} atoms); give --backmapper for this map")
-            ala2 = is_ala2_five_bead(cg.cg_map, mapper.topology)
+                                 f"{cg.cg_map.n_atoms} atoms); give --backmapper for this map, or train")
+            ala2 = is_ala2_five_bead(cg.cg_map, mapper_topology)
             if ala2:
                 outputs.add(names["plot"], "Ramachandran plot", (".png",))
             # 1. training
@@ -144,7 +191,10 @@ def run(args) -> int:
             return EXIT_PHYSICS_STOP
         if len(frames) == 0:
             raise ValueError(f"--md-steps {args.md_steps} < --interval {args.interval}: no CG frame")
-        # 3. back-mapping
+        # 3. back-mapping (with a back-mapper trained here on the same trajectory, if asked)
+        if train_mapper:
+            backmapper, trained = _train_backmapper(backmap_task)
+            mapper = BackMapper.load(backmapper, device=args.device)
         xyz, backmap = backmap_report(frames, mapper, samples=args.samples, seed=args.seed,
                                       with_dihedrals=ala2)
         # the files
@@ -163,7 +213,10 @@ def run(args) -> int:
                                "valid_forces_rmse_meV_per_A": result.best_metrics.get("forces_rmse")},
                   "cg_md": {**speed, "frames": int(len(frames)), "simulated_ps": speed["steps"] *
                             args.timestep / 1000.0},
-                  "backmapping": {"backmapper": str(args.backmapper), **backmap}}
+                  "backmapping": {"backmapper": str(backmapper if train_mapper else args.backmapper),
+                                  **backmap}}
+        if train_mapper:
+            report["backmapping"]["trained"] = trained
         if ala2:
             ref = rama.bead_phi_psi(cg.train_positions)
             report["fes"] = fes_report(frames, *ref)
@@ -182,7 +235,8 @@ def run(args) -> int:
         pops = ", ".join(f"{b} {100 * fes['populations'][b]:.1f}% (input "
                          f"{100 * fes['reference_populations'][b]:.1f}%)" for b in rama.BASINS)
         print(f"(phi, psi): {pops}; JS divergence {fes['js_divergence']:.3f}")
-    print("wrote " + ", ".join(outputs.written) + f" (training run in {cfg.out})")
+    runs = cfg.out + (f" and {backmap_task.cfg['out']}" if train_mapper else "")
+    print("wrote " + ", ".join(outputs.written) + f" (training runs in {runs})")
     return EXIT_OK
 
 
