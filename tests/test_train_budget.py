@@ -195,6 +195,9 @@ def test_without_a_model_the_default_recipe_is_trained(cu_file, tmp_path):  # no
     assert painn.model_hparams == {} and (painn.effective_batch_size, painn.effective_lr) == (8, 1e-3)
     given = config_from_args(parser.parse_args(["--data", "x.npz", "--batch-size", "3", "--lr", "1e-4"]))
     assert (given.effective_batch_size, given.effective_lr, given.model_name) == (3, 1e-4, "tp")
+    # the recipe was measured on all-atom data: a CG run without a model trains PaiNN as before
+    cg = TrainConfig(data="x.npz", cg_map="ala2-5bead")
+    assert (cg.model_name, cg.model_hparams, cg.effective_batch_size) == ("painn", {}, 8)
 
 
 def test_the_shipped_recipe_file_spells_out_the_default():

@@ -59,8 +59,8 @@ def main(argv=None) -> None:
         "name": "ala2-cg",
         "kind": "potential",
         "file": target.name,
-        "family": cfg.model,
-        "hparams": cfg.hparams,
+        "family": cfg.model_name,
+        "hparams": cfg.model_hparams,
         "cutoff_A": cfg.cutoff,
         "coarse_grained": "5-bead backbone map (ACE C, ALA N, CA, ALA C, NME N; the map of the "
                           "bundled back-mapper 'ala2'), priors at 300 K (bonds, angles, repulsion, "

@@ -46,6 +46,8 @@ DEFAULT_RECIPE: Dict[str, Any] = {
 #: The optimiser settings left out when a model family is named (its hyper-parameters then default to
 #: the family's own, ase_eqgnn.models).
 NAMED_MODEL_SETTINGS: Dict[str, Any] = {"batch_size": 8, "lr": 1e-3, "warmup_epochs": 0}
+#: The family a coarse-grained run (``cg_map``) trains when no model is named (with the settings above).
+CG_DEFAULT_MODEL = "painn"
 LOSSES = ("mse", "huber")
 DTYPES = tuple(_DTYPE_TABLE)  # ase_eqgnn.dtypes
 SPLITS = ("random", "contiguous")
@@ -89,7 +91,8 @@ class TrainConfig:
     # ------------------------------------------------------------------ model
     model: Optional[str] = _f(None, "\"painn\", \"tp\" or \"egnn\"; None = the default recipe "
                                     "(body-ordered tp, 2 x 32, correlation 3, density to l = 3; batch "
-                                    "5, lr 5e-3, warm-up 2: the best measured for a time budget)")
+                                    "5, lr 5e-3, warm-up 2: the best measured for a time budget), or "
+                                    "painn with cg_map")
     hparams: Dict[str, Any] = field(default_factory=dict,
                                    metadata={"help": "family hyper-parameters (see build_model); "
                                                      "without a model they adjust the default recipe's"})
@@ -248,21 +251,29 @@ class TrainConfig:
         return 0 if self.max_time is not None else DEFAULT_PATIENCE
 
     @property
+    def uses_default_recipe(self) -> bool:
+        """No model named, for all-atom data: the recipe was measured there. A coarse-grained run
+        (``cg_map``) without a model trains PaiNN with the generic settings, as before the recipe."""
+        return self.model is None and self.cg_map is None
+
+    @property
     def model_name(self) -> str:
-        """The model family this run trains: ``model``, or the default recipe's."""
-        return self.model or DEFAULT_RECIPE["model"]
+        """The model family this run trains: ``model``, or the default's."""
+        if self.model is not None:
+            return self.model
+        return DEFAULT_RECIPE["model"] if self.uses_default_recipe else CG_DEFAULT_MODEL
 
     @property
     def model_hparams(self) -> Dict[str, Any]:
-        """The hyper-parameters given, over the default recipe's when no model is named."""
-        base = DEFAULT_RECIPE["hparams"] if self.model is None else {}
+        """The hyper-parameters given, over the default recipe's when it is used."""
+        base = DEFAULT_RECIPE["hparams"] if self.uses_default_recipe else {}
         return {**base, **self.hparams}
 
     def _setting(self, name: str) -> Any:
         value = getattr(self, name)
         if value is not None:
             return value
-        return (DEFAULT_RECIPE if self.model is None else NAMED_MODEL_SETTINGS)[name]
+        return (DEFAULT_RECIPE if self.uses_default_recipe else NAMED_MODEL_SETTINGS)[name]
 
     @property
     def effective_batch_size(self) -> int:
