@@ -105,12 +105,13 @@ class EGNN(nn.Module):
         shift = None  # Σ of the coordinate shifts of the blocks so far, [N, 3] Å
         for k, (nbh_k, tensors) in enumerate(layer_views(nbh, len(self.layers), per_edge)):
             env, radial = tensors[0], tensors[1] * tensors[0].unsqueeze(-1)
-            if shift is not None:  # edge vectors between the shifted coordinates
-                vec = tensors[2] + nbh_k.gather(shift) - nbh_k.centre(shift)
-                radial = self.basis(edge_lengths(vec)) * env.unsqueeze(-1)
+            if self.coord_update:
+                vec = tensors[2]
+                if shift is not None:  # edge vectors between the shifted coordinates
+                    vec = vec + nbh_k.gather(shift) - nbh_k.centre(shift)
+                    radial = self.basis(edge_lengths(vec)) * env.unsqueeze(-1)
             h, m = self.layers[k](h, radial, env, nbh_k)
             if self.coord_update and k + 1 < len(self.layers):
-                vec = tensors[2] if shift is None else vec
                 d = self.layers[k].coordinate_shift(m, env, vec, nbh_k)
                 shift = d if shift is None else shift + d
         return h

@@ -193,9 +193,7 @@ class TrainConfig:
             raise ValueError(f"cutoff must be in [{CUTOFF_RANGE[0]}, {CUTOFF_RANGE[1]}] Å, got {self.cutoff}")
         for name in ("lr", "cutoff", "huber_delta", "final_lr"):
             v = getattr(self, name)
-            if v is None and name == "lr":
-                continue
-            if not (math.isfinite(v) and v > 0):
+            if v is not None and not (math.isfinite(v) and v > 0):  # (lr None: the default's)
                 raise ValueError(f"{name} must be a finite positive number, got {v}")
         for name in ("weight_decay", "min_lr", "energy_weight", "forces_weight", "stress_weight",
                      "final_energy_weight"):
