@@ -47,7 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 A_CU = 3.61
 DENSITY = 4 / A_CU ** 3  # atoms / Å^3
-VARIANTS = ("ase-1t", "ase-2t", "mliap-1r", "mliap-2r", "external-1r", "external-2r")
+VARIANTS = ("ase-1t", "ase-2t", "mliap-1r", "mliap-2r", "recompute-1r", "recompute-2r",
+            "external-1r", "external-2r")
 LAMMPS_BUILD = "8e3b5bf"
 
 
@@ -116,7 +117,8 @@ def build_prefix():
     return prefix if (prefix / ".done").exists() else None
 
 
-def run_mliap(workdir: Path, cells: int, steps: int, ranks: int, model: str, dtype: str) -> dict:
+def run_mliap(workdir: Path, cells: int, steps: int, ranks: int, model: str, dtype: str,
+              halo: bool = True) -> dict:
     import sysconfig
 
     from ase_eqgnn.lammps import export_mliap
@@ -124,7 +126,7 @@ def run_mliap(workdir: Path, cells: int, steps: int, ranks: int, model: str, dty
     prefix = build_prefix()
     if prefix is None:
         raise RuntimeError("no LAMMPS with ML-IAP Python support (run build-lammps.sh)")
-    exported = export_mliap(model, workdir / "model.mliap.pkl", dtype=dtype)
+    exported = export_mliap(model, workdir / "model.mliap.pkl", dtype=dtype, halo=halo)
     (workdir / "in.mliap").write_text(lammps_input(cells, steps, exported.input_lines))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([f"{prefix}/python", sysconfig.get_paths()["purelib"],
@@ -169,8 +171,10 @@ def measure(variant: str, n_atoms: int, steps: int, model: str, dtype: str) -> d
     with tempfile.TemporaryDirectory(prefix="eqgnn-bench-lammps-") as tmp:
         if kind == "ase":
             return run_ase(n_atoms, steps, number, model, dtype)
-        runner = run_mliap if kind == "mliap" else run_external
-        return runner(Path(tmp), cells_for(n_atoms), steps, number, model, dtype)
+        if kind == "external":
+            return run_external(Path(tmp), cells_for(n_atoms), steps, number, model, dtype)
+        return run_mliap(Path(tmp), cells_for(n_atoms), steps, number, model, dtype,
+                         halo=kind == "mliap")
 
 
 # ------------------------------------------------------------------------------ report

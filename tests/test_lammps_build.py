@@ -2,9 +2,10 @@
 (build-lammps.sh), against EqGNNCalculator on 1 and 2 MPI ranks, for every model family.
 
 Float64: energy to 1e-9 eV, forces to 1e-10 eV/Å, virial pressure to 1e-6 relative (LAMMPS's bar
-constant differs from ase.units' in the 8th digit); periodic cells smaller than the ghost shell
-and open systems; an NPT run's final pressure against the calculator's stress on its final frame.
-The input lines are the ones export_mliap prints.
+constant differs from ase.units' in the 8th digit); periodic cells smaller than the ghost shell,
+open systems and one whose atoms all lie on one rank's side; an NPT run's final pressure against
+the calculator's stress on its final frame. The input lines are the ones export_mliap prints, with
+the halo exchange (its default) and with ghosts evaluated on every rank (``halo=False``).
 """
 
 import numpy as np
@@ -64,14 +65,24 @@ def reference(model, atoms):
     return out
 
 
+def one_sided_cuni():
+    """An open system whose atoms all lie in one half of the box: on 2 ranks, one owns nothing."""
+    atoms = open_cuni()
+    atoms.positions[:, 0] += 1.0 - atoms.positions[:, 0].min()
+    assert atoms.positions[:, 0].max() < 10.0
+    return atoms
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_equals_calculator(tmp_path, name, ranks):
+@pytest.mark.parametrize("halo", [True, False], ids=["halo", "recompute"])
+def test_equals_calculator(tmp_path, name, ranks, halo):
     model = small_model(name).double()
     save_model(model, tmp_path / "model.pt")
-    exported = export_mliap(str(tmp_path / "model.pt"), tmp_path / "model.mliap.pkl")
+    exported = export_mliap(str(tmp_path / "model.pt"), tmp_path / "model.mliap.pkl", halo=halo)
     species = exported.unified.element_types
-    systems = {"periodic": (periodic_cuni(), "p p p"), "open": (open_cuni(), "f f f")}
+    systems = {"periodic": (periodic_cuni(), "p p p"), "open": (open_cuni(), "f f f"),
+               "one-sided": (one_sided_cuni(), "f f f")}
     parts = []
     for label, (atoms, boundary) in systems.items():
         write_data(atoms, tmp_path / f"{label}.data", species)
@@ -79,7 +90,7 @@ def test_equals_calculator(tmp_path, name, ranks):
     (tmp_path / "in.lmp").write_text("\nclear\n".join(parts) + "\n")
     proc = run_lmp("in.lmp", ranks, tmp_path)
     rows = read_thermo(proc.stdout)
-    assert len(rows) == 2
+    assert len(rows) == len(systems)
     for row, (label, (atoms, _)) in zip(rows, systems.items()):
         ref = reference(model, atoms)
         assert abs(row["PotEng"] - ref["energy"]) < 1e-9, label
@@ -92,11 +103,12 @@ def test_equals_calculator(tmp_path, name, ranks):
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_npt_pressure_equals_calculator_stress(tmp_path, ranks):
+@pytest.mark.parametrize("halo", [True, False], ids=["halo", "recompute"])
+def test_npt_pressure_equals_calculator_stress(tmp_path, ranks, halo):
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
     atoms.rattle(0.05, seed=8)
     write_data(atoms, tmp_path / "system.data", ["Cu"])
-    exported = export_mliap("cu-emt", tmp_path / "cu.mliap.pkl")
+    exported = export_mliap("cu-emt", tmp_path / "cu.mliap.pkl", halo=halo)
     (tmp_path / "in.lmp").write_text("\n".join([
         "units metal", "atom_style atomic", "boundary p p p", "read_data system.data",
         *exported.input_lines, "velocity all create 300 7", VIRIAL_PRESSURE + THERMO.rstrip(),

@@ -43,8 +43,10 @@ def test_mliap_route(tmp_path, name, model, variables):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     pair_file = (work / f"pair.{model}.lmp").read_text()
-    for line in out.stdout.splitlines()[1:4]:  # the printed lines are the ones the example uses
-        assert line.strip() in pair_file
+    printed = [line.strip() for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert len(printed) == 4
+    for line in printed:  # the printed lines are the ones the example uses
+        assert line in pair_file
     (work / "run.lmp").write_text(f"variable route index mliap\nvariable steps index 20\n"
                                   + "".join(f"variable {k} index {v}\n"
                                             for k, v in zip(variables[::2], variables[1::2]))

@@ -25,6 +25,7 @@ from ase_eqgnn.lammps import EqGNNMLIAP, export_mliap
 from ase_eqgnn.lammps import export as export_module
 from ase_eqgnn.lammps import mliap as mliap_module
 from ase_eqgnn.lammps import model as model_module
+from ase_eqgnn.lammps.halo import INPUT_LINES as HALO_LINES
 from ase_eqgnn.models import MODEL_NAMES, build_model
 
 SPECIES = ["Cu", "Ni"]
@@ -52,11 +53,16 @@ class FakeData:
             owner = np.concatenate([owner, images[:, 0]])
         everything = Atoms(positions=positions, pbc=False)
         pair_i, pair_j, rij = neighbor_list("ijD", everything, cutoff)
+        self.set_arrays(atoms, element_types, owner, n, np.arange(len(positions)), pair_i, pair_j,
+                        rij)
+
+    def set_arrays(self, atoms, element_types, owner, nlocal, iatoms, pair_i, pair_j, rij):
+        """Atom k of ``data`` is a copy of atom ``owner[k]`` of ``atoms``; the first nlocal are local."""
         symbols = np.array(atoms.get_chemical_symbols())[owner]
         self.owner = owner
-        self.nlocal = self.nlistatoms = n
-        self.ntotal = len(positions)
-        self.iatoms = np.arange(self.ntotal, dtype=np.int32)
+        self.nlocal = self.nlistatoms = nlocal
+        self.ntotal = len(owner)
+        self.iatoms = np.asarray(iatoms, dtype=np.int32)
         self.elems = np.array([element_types.index(s) for s in symbols], dtype=np.int32)
         self.pair_i, self.pair_j = pair_i.astype(np.int32), pair_j.astype(np.int32)
         self.rij = np.ascontiguousarray(rij)
@@ -160,9 +166,9 @@ def test_thicker_shell_same_result_and_pruned(monkeypatch):
     seen = []
     original = model_module.energies_and_pair_gradients
 
-    def spy(model, species, edge_index, vec, hop):
+    def spy(model, species, edge_index, vec, hop, **options):
         seen.append((species.shape[0], edge_index.shape[1]))
-        return original(model, species, edge_index, vec, hop)
+        return original(model, species, edge_index, vec, hop, **options)
 
     monkeypatch.setattr(mliap_module, "energies_and_pair_gradients", spy)
     data = evaluate(unified, atoms, shell=unified.receptive_field + 2.0)
@@ -266,8 +272,11 @@ def test_export_writes_file_and_input_lines(tmp_path):
     model = small_model("egnn")
     path = tmp_path / "m.mliap.pkl"
     result = export_mliap(model, path, dtype="float32")
-    assert result.input_lines == [f"pair_style mliap unified {path} 1", "pair_coeff * * Ni Cu",
-                                  "comm_modify cutoff 8.4"]
+    assert result.input_lines[:2] == [f"pair_style mliap unified {path} 0", "pair_coeff * * Ni Cu"]
+    assert result.input_lines[2:] == list(HALO_LINES)
+    ghosts_evaluated = export_mliap(model, path, dtype="float32", halo=False)
+    assert ghosts_evaluated.input_lines == [f"pair_style mliap unified {path} 1",
+                                            "pair_coeff * * Ni Cu", "comm_modify cutoff 8.4"]
     with open(path, "rb") as f:
         loaded = pickle.load(f)
     assert loaded.dtype_name == "float32" and loaded.element_types == ["Ni", "Cu"]
@@ -310,12 +319,16 @@ def test_export_command_default_name_and_lines(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert lammps_export.main(["cu-emt", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
-    assert "pair_style mliap unified cu-emt.mliap.pkl 1" in out
-    assert "pair_coeff * * Cu" in out and "comm_modify cutoff 11" in out  # 2 x 4.5 Å + 2 Å
-    assert "raise it if the input's neighbor skin is larger" in out
+    assert "pair_style mliap unified cu-emt.mliap.pkl 0" in out and "pair_coeff * * Cu" in out
+    assert all(line in out for line in HALO_LINES) and "comm_modify" not in out
     with open(tmp_path / "cu-emt.mliap.pkl", "rb") as f:
         assert pickle.load(f).dtype_name == "float32"
-    assert lammps_export.main(["cu-emt", "-o", "x.pkl", "--skin", "1.0"]) == 0
+    assert lammps_export.main(["cu-emt", "--no-halo"]) == 0
+    out = capsys.readouterr().out
+    assert "pair_style mliap unified cu-emt.mliap.pkl 1" in out
+    assert "comm_modify cutoff 11" in out and "eqgnn_attach" not in out  # 2 x 4.5 Å + 2 Å
+    assert "raise it if the input's neighbor skin is larger" in out
+    assert lammps_export.main(["cu-emt", "-o", "x.pkl", "--no-halo", "--skin", "1.0"]) == 0
     assert "comm_modify cutoff 10" in capsys.readouterr().out
 
 

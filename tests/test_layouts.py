@@ -87,6 +87,20 @@ def test_padded_layouts_compute_the_reference_operations(force, kind, n_nodes):
     assert_same_operations(nbh, i, j, n_nodes, gen)
 
 
+@pytest.mark.parametrize("kind", ["padded", "shared", "regather"])
+def test_atoms_after_the_last_centre_get_no_rows(force, kind):
+    """LAMMPS's ghost atoms come last and, with the halo exchange, are never centres: they get no
+    rows, and every operation still gives [N, ...] results equal to the reference."""
+    force(kind)
+    n_nodes = 11
+    degrees = [0, 1, 9, 3, 12, 2, 5, 11] + [0, 0, 0]  # atoms 8..10: neighbours only
+    i, j, gen = random_edges(n_nodes, degrees, 3)
+    nbh = PaddedNeighborhood(torch.stack([i, j]), n_nodes, share_rows=True)
+    assert nbh.n_rows == (4 if nbh.shared else 8)
+    assert nbh.shared == (kind == "shared")
+    assert_same_operations(nbh, i, j, n_nodes, gen)
+
+
 def test_dense_layout_computes_the_reference_operations(force):
     force("dense")
     gen = torch.Generator().manual_seed(3)

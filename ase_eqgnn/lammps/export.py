@@ -4,10 +4,16 @@ input lines that go with it.
 The file is a pickle (LAMMPS reads it with ``pickle.load``) that names one class,
 ``ase_eqgnn.lammps.mliap.EqGNNMLIAP``, and holds the model as the bytes of a safe checkpoint. LAMMPS
 reads a name ending in ``.pt``/``.pth`` with a bare ``torch.load`` instead, which torch >= 2.6
-refuses for anything but tensors, so such names are refused here. The communication cutoff must
-cover layers x cutoff (the model's receptive field) plus LAMMPS's neighbour skin (2 Å by default in
-``units metal``): ghost atoms that far out get complete neighbour lists, so every local energy is
-exact.
+refuses for anything but tensors, so such names are refused here.
+
+Two sets of input lines make every local energy exact:
+
+* with the halo exchange (default, :mod:`.halo`): LAMMPS's ``python`` command binds the LAMMPS
+  instance, so ghost atoms take their owners' features between layers; LAMMPS's default ghost shell
+  (cutoff + skin) suffices and ghosts need no neighbour lists (``... FILE 0``);
+* without it (``halo=False``): ghosts within layers x cutoff get neighbour lists (``... FILE 1``) and
+  are evaluated on every rank, so the communication cutoff must cover layers x cutoff plus LAMMPS's
+  neighbour skin (2 Å by default in ``units metal``).
 
 Example
 -------
@@ -16,9 +22,12 @@ Example
 >>> model = build_model("painn", ["Cu"], cutoff=4.0, features=8, layers=2)
 >>> path = os.path.join(tempfile.mkdtemp(), "cu.mliap.pkl")
 >>> for line in export_mliap(model, path).input_lines: print(line.replace(path, "cu.mliap.pkl"))
-pair_style mliap unified cu.mliap.pkl 1
+pair_style mliap unified cu.mliap.pkl 0
 pair_coeff * * Cu
-comm_modify cutoff 10
+python eqgnn_attach input 1 SELF format p here "from ase_eqgnn.lammps.halo import attach as eqgnn_attach"
+python eqgnn_attach invoke
+>>> export_mliap(model, path, halo=False).input_lines[::2]
+['pair_style mliap unified ...cu.mliap.pkl 1', 'comm_modify cutoff 10']
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..checkpoint.files import write_atomically
+from .halo import INPUT_LINES as HALO_LINES
 from .mliap import EqGNNMLIAP
 from .model import ModelLike
 
@@ -58,10 +68,14 @@ def communication_cutoff(unified: EqGNNMLIAP, skin: float = DEFAULT_SKIN) -> flo
     return unified.receptive_field + float(skin)
 
 
-def input_lines(unified: EqGNNMLIAP, path, skin: float = DEFAULT_SKIN) -> List[str]:
-    """The three lines a LAMMPS input needs for this file (types in the order of the elements)."""
-    return [f"pair_style mliap unified {os.fspath(path)} 1",
-            "pair_coeff * * " + " ".join(unified.element_types),
+def input_lines(unified: EqGNNMLIAP, path, skin: float = DEFAULT_SKIN,
+                halo: bool = True) -> List[str]:
+    """The lines a LAMMPS input needs for this file (types in the order of the elements), with the
+    halo exchange or (``halo=False``) with ghosts evaluated on every rank."""
+    elements = "pair_coeff * * " + " ".join(unified.element_types)
+    if halo:
+        return [f"pair_style mliap unified {os.fspath(path)} 0", elements, *HALO_LINES]
+    return [f"pair_style mliap unified {os.fspath(path)} 1", elements,
             f"comm_modify cutoff {_number(communication_cutoff(unified, skin))}"]
 
 
@@ -88,11 +102,12 @@ def default_output_name(model: ModelLike) -> Path:
 
 
 def export_mliap(model: ModelLike, path=None, dtype: str = "float64",
-                 skin: float = DEFAULT_SKIN) -> Export:
+                 skin: float = DEFAULT_SKIN, halo: bool = True) -> Export:
     """Write ``model`` (checkpoint path, bundled name or Potential) as an ML-IAP unified file.
 
     ``path`` defaults to ``<name>.mliap.pkl``; ``dtype`` is the precision LAMMPS will evaluate in;
-    ``skin`` (Å) the neighbour skin of the input, for the communication cutoff printed.
+    ``skin`` (Å) the neighbour skin of the input, for the communication cutoff printed without the
+    halo exchange; ``halo``: which input lines (see the module docstring).
     Everything is checked before the file is written; an existing file is replaced only by a
     complete new one.
     """
@@ -102,7 +117,7 @@ def export_mliap(model: ModelLike, path=None, dtype: str = "float64",
         raise ValueError(f"directory {path.resolve().parent} does not exist")
     data = pickle.dumps(unified, protocol=PICKLE_PROTOCOL)
     write_atomically(path, lambda f: f.write(data))
-    return Export(path=path, unified=unified, input_lines=input_lines(unified, path, skin))
+    return Export(path=path, unified=unified, input_lines=input_lines(unified, path, skin, halo))
 
 
 __all__ = ["Export", "export_mliap", "input_lines", "communication_cutoff", "check_output_name",

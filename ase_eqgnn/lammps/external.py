@@ -43,7 +43,7 @@ from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 from ..neighbors import VerletList
 from .model import (ModelLike, check_min_distance, energies_and_pair_gradients, load_potential,
                     prepare, prune_to_hops, receptive_field, resolve_device, resolve_dtype)
-from .mpi import Allreduce, preload_wheel_mpi
+from .mpi import Comm, preload_wheel_mpi
 from .script import RUN_COMMANDS, Command, InputError, read_commands
 
 FIX_ID = "eqgnn_model"
@@ -129,7 +129,7 @@ class ExternalModel:
         self.fix_id = fix_id
         self.device = model.E0.device
         self.species_of_type = species_of_type.to(self.device)
-        self.reduce = Allreduce(lmp)
+        self.reduce = Comm(lmp)
         self.neighbors = VerletList(float(model.cutoff), skin=skin, backend="auto")
         self.error: Optional[BaseException] = None
         self.failed_at: Optional[int] = None

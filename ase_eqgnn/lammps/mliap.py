@@ -39,8 +39,10 @@ import torch
 from ase.data import chemical_symbols
 
 from .. import heap
+from . import halo
 from .model import (ModelLike, check_min_distance, energies_and_pair_gradients, load_potential,
-                    prepare, prune_to_hops, receptive_field, resolve_device, resolve_dtype)
+                    owned_and_neighbours, prepare, prune_to_hops, receptive_field, resolve_device,
+                    resolve_dtype)
 
 try:  # the abstract base LAMMPS expects, where LAMMPS's Python module is importable
     from lammps.mliap.mliap_unified_abc import MLIAPUnified as _UnifiedBase
@@ -143,10 +145,24 @@ class EqGNNMLIAP(_UnifiedBase):
             vec = torch.zeros(0, 3, dtype=dtype, device=device)
         check_min_distance(vec, self.min_distance, lambda e: "two atoms (indices {} and {} on this "
                            "rank)".format(*edge_index[:, e].tolist()))
-        nodes, kept, sub_edges, hop = prune_to_hops(edge_index, ntotal, local, self.layers)
+        source = halo.attached()
+        if source is not None and not source.runs(data):
+            raise ValueError("the LAMMPS instance the halo exchange was bound to is not the one "
+                             "running this pair style: put the python lines eqgnn-lammps-export "
+                             "prints in this input too")
+        if source is None:
+            self._check_ghost_lists(edge_index, local, ntotal)
+            nodes, kept, sub_edges, hop = prune_to_hops(edge_index, ntotal, local, self.layers)
+            nbh = None
+        else:
+            nodes, kept, sub_edges, hop = owned_and_neighbours(edge_index, ntotal, local)
+            nbh = self.model.neighborhood(sub_edges, nodes.numel())
+            tags = source.tags(ntotal)[nodes.cpu().numpy()]
+            nbh.halo = halo.Halo(tags, local.numel(), source.comm).to(device)
         species = self._species_of_element.index_select(0, elems.index_select(0, nodes))
         sub_local = torch.searchsorted(nodes, local)  # nodes are ascending and include every local
-        energies, g_kept = energies_and_pair_gradients(self.model, species, sub_edges, vec[kept], hop)
+        energies, g_kept = energies_and_pair_gradients(self.model, species, sub_edges, vec[kept], hop,
+                                                       neighborhood=nbh)
         eatoms = energies.index_select(0, sub_local).to(torch.float64)
         if nlist:
             try:
@@ -158,6 +174,18 @@ class EqGNNMLIAP(_UnifiedBase):
             fij = torch.zeros(npairs, 3, dtype=torch.float64, device=device)
             fij[kept] = g_kept.to(torch.float64)
             data.update_pair_forces(fij.cpu().numpy() if host_arrays else fij.contiguous())
+
+    def _check_ghost_lists(self, edge_index: torch.Tensor, local: torch.Tensor, ntotal: int) -> None:
+        """Without the halo exchange, ghosts next to local atoms need neighbour lists of their own
+        (``pair_style mliap unified FILE 1``); refuse a pair list that has none."""
+        if self.layers < 2 or edge_index.shape[1] == 0 or ntotal == local.numel():
+            return
+        is_local = torch.zeros(ntotal, dtype=torch.bool, device=edge_index.device)
+        is_local[local] = True
+        if bool(is_local[edge_index[0]].all()) and not bool(is_local[edge_index[1]].all()):
+            raise ValueError("ghost atoms have no neighbour lists, so a multi-layer model is wrong: "
+                             "add the halo exchange lines that eqgnn-lammps-export prints, or use "
+                             "'pair_style mliap unified FILE 1' with a larger comm_modify cutoff")
 
     def __repr__(self) -> str:
         return (f"EqGNNMLIAP({self.model.config['name']}, elements={self.element_types}, "

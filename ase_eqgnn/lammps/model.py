@@ -157,6 +157,21 @@ def prune_to_hops(edge_index: torch.Tensor, n_nodes: int, sources: torch.Tensor,
     return nodes, pairs, renumber[edge_index[:, pairs]], hop.index_select(0, nodes)
 
 
+def owned_and_neighbours(edge_index: torch.Tensor, n_nodes: int, owned: torch.Tensor):
+    """The graph an exchange of ghost features needs (:mod:`.halo`): the pairs centred on ``owned``
+    atoms (indices ``0..len(owned)-1``, as LAMMPS numbers its own atoms first) and the atoms they
+    join. Returns ``(nodes, pairs, edge_index, hop)`` as :func:`prune_to_hops` does; ``hop`` is 0
+    for owned atoms and 1 for ghosts."""
+    pairs = edge_index[0] < owned.numel()
+    used = torch.zeros(n_nodes, dtype=torch.bool, device=edge_index.device)
+    used[owned] = True
+    used[edge_index[1, pairs]] = True
+    nodes = used.nonzero().squeeze(1)  # (a mask, not torch.unique: no sort of every pair)
+    renumber = torch.full((n_nodes,), -1, dtype=torch.long, device=edge_index.device)
+    renumber[nodes] = torch.arange(nodes.numel(), device=edge_index.device)
+    return nodes, pairs, renumber[edge_index[:, pairs]], (nodes >= owned.numel()).long()
+
+
 def check_min_distance(edge_vec: torch.Tensor, min_distance: float, name_pair) -> None:
     """AtomsTooCloseError if some pair is shorter than ``min_distance`` (Å); ``name_pair(e)`` says
     which atoms pair ``e`` joins (for the message)."""
@@ -171,7 +186,8 @@ def check_min_distance(edge_vec: torch.Tensor, min_distance: float, name_pair) -
 
 def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_index: torch.Tensor,
                                 edge_vec: torch.Tensor, hop: Optional[torch.Tensor] = None,
-                                counted_hops: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                                counted_hops: int = 0, neighborhood=None
+                                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-atom energies E_i [N] and g = d(sum_{i counted} E_i)/d edge_vec [E, 3], both detached.
 
     ``species`` [N] are the model's species indices, ``edge_index`` [2, E] the pairs (i, j),
@@ -179,27 +195,31 @@ def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_in
     distances from the atoms that matter (:func:`prune_to_hops`); then only the atoms with
     ``hop <= counted_hops`` are counted, and their E_i are the only exact ones: each layer updates
     only the atoms the counted energies still depend on (:class:`~ase_eqgnn.models.neighborhood.Layered`).
-    ``hop=None``: every atom is counted and exact.
+    ``hop=None``: every atom is counted and exact. ``neighborhood``: the one to evaluate on instead
+    (one with a ``halo``, :mod:`.halo`, which must run even where there are no atoms: its exchanges
+    are collective).
     """
-    if species.shape[0] == 0:  # (a rank that holds no atoms: nothing to evaluate)
+    if species.shape[0] == 0 and neighborhood is None:  # (a rank without atoms: nothing to do)
         return (torch.zeros(0, dtype=edge_vec.dtype, device=edge_vec.device),
                 torch.zeros_like(edge_vec))
-    neighborhood = None
     if hop is not None:
         hop = hop.to(edge_index.device)
-        neighborhood = model.partial_neighborhood(edge_index, species.shape[0], hop, counted_hops)
+        if neighborhood is None:
+            neighborhood = model.partial_neighborhood(edge_index, species.shape[0], hop, counted_hops)
+    halo = getattr(neighborhood, "halo", None)
     vec = edge_vec.detach().requires_grad_(True)
     with torch.enable_grad():
         energies = model.energies_from_edges(species, edge_index, vec, neighborhood)
         total = energies.sum() if hop is None else energies[hop <= counted_hops].sum()
-        if vec.shape[0] == 0 or not total.requires_grad:
-            grad = torch.zeros_like(vec)
-        else:
+        grad = None
+        if total.requires_grad and (vec.shape[0] > 0 or halo is not None):
             (grad,) = torch.autograd.grad(total, vec, allow_unused=True)
-            grad = torch.zeros_like(vec) if grad is None else grad
+    if halo is not None:
+        halo.finish()  # the backward exchanges autograd skipped (a rank without pairs) still run
+    grad = torch.zeros_like(vec) if grad is None else grad
     return energies.detach(), grad.detach()
 
 
-__all__ = ["DTYPES", "hop_distances", "prune_to_hops", "check_min_distance", "load_potential",
+__all__ = ["DTYPES", "hop_distances", "prune_to_hops", "owned_and_neighbours", "check_min_distance", "load_potential",
            "prepare", "resolve_dtype", "resolve_device", "receptive_field",
            "energies_and_pair_gradients"]

@@ -37,7 +37,7 @@ from torch import nn
 
 from .blocks import (BesselBasis, MLP, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
-from .neighborhood import layer_views
+from .neighborhood import exchange_ghosts, layer_views
 
 DEFAULTS = {
     "features": 128,
@@ -105,6 +105,10 @@ class EGNN(nn.Module):
         shift = None  # Σ of the coordinate shifts of the blocks so far, [N, 3] Å
         for k, (nbh_k, tensors) in enumerate(layer_views(nbh, len(self.layers), per_edge)):
             env, radial = tensors[0], tensors[1] * tensors[0].unsqueeze(-1)
+            if k and self.coord_update:  # (shifts are differences: a periodic image's is its atom's)
+                h, shift = exchange_ghosts(nbh_k, h, shift)
+            elif k:
+                (h,) = exchange_ghosts(nbh_k, h)
             if self.coord_update:
                 vec = tensors[2]
                 if shift is not None:  # edge vectors between the shifted coordinates

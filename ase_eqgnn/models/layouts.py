@@ -68,6 +68,8 @@ class PaddedNeighborhood:
     say they pay; :attr:`shared` and :attr:`dense` tell which one was built.
     """
 
+    halo = None  # (see EdgeList.halo)
+
     def __init__(self, edge_index: torch.Tensor, n_nodes: int, share_rows: bool = False,
                  dense: bool = False):
         i, j = edge_index[0], edge_index[1]
@@ -75,8 +77,11 @@ class PaddedNeighborhood:
         device = i.device
         deg = torch.bincount(i, minlength=n_nodes)
         self.n_nodes = n_nodes
-        width = int(deg.max()) if n_edges else 0  # M (one host sync)
-        n_rows = n_nodes
+        # M, and C = 1 + the last centre atom: atoms after it have no edges and get no rows (LAMMPS
+        # numbers its ghost atoms last, and with the halo exchange they are never centres)
+        width, last = torch.stack([deg.max(), i.max()]).tolist() if n_edges else (0, -1)  # one sync
+        n_rows = n_centres = last + 1
+        deg = deg[:n_centres]
         self.owners = None  # [R, 2, M] 0/1 masks of each row's two atoms; None: row r is atom r
         self.dense = False
         if dense and n_edges and n_nodes * n_nodes <= _DENSE_PADDING * n_nodes * width:
@@ -147,10 +152,10 @@ class PaddedNeighborhood:
         return self._rows(gather_rows(x, self.neighbor))
 
     def centre(self, x: torch.Tensor) -> torch.Tensor:
-        """Node tensor [N, ...] -> centre atoms' values [R, M, ...] (a view [N, 1, ...] unless shared)."""
+        """Node tensor [N, ...] -> centre atoms' values [R, M, ...] (a view [R, 1, ...] unless shared)."""
         if self.shared:
             return self._rows(gather_rows(x, self.centre_of_slot))
-        return x.unsqueeze(1)  # row r is atom r
+        return x.narrow(0, 0, self.n_rows).unsqueeze(1)  # row r is atom r
 
     def gather_product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``gather(x) * w`` [R, M, ...], ``w`` broadcasting against the gathered values; where the
@@ -164,7 +169,7 @@ class PaddedNeighborhood:
     def sum(self, m: torch.Tensor) -> torch.Tensor:
         """Σ over each atom's slots: [R, M, ...] -> [N, ...]."""
         if not self.shared:
-            return m.sum(dim=1)
+            return self._all_atoms(m.sum(dim=1))
         y = torch.bmm(self._mask(m.dtype), m.reshape(self.n_rows, self.width, -1))
         return self._to_atoms(y.view((self.n_rows, 2) + tuple(m.shape[2:])))
 
@@ -191,7 +196,7 @@ class PaddedNeighborhood:
         n_f = m.shape[-1]
         y = torch.bmm(operand, m.reshape(self.n_rows, -1, n_f))  # [R, D, F], or [R, 2D, F] shared
         if not self.shared:
-            return y
+            return self._all_atoms(y)
         return self._to_atoms(y.view(self.n_rows, 2, -1, n_f))
 
     def _mask(self, dtype: torch.dtype) -> torch.Tensor:
@@ -201,7 +206,13 @@ class PaddedNeighborhood:
 
     def _to_atoms(self, y: torch.Tensor) -> torch.Tensor:
         """[R, 2, ...] per-row-owner results -> [N, ...] in atom order."""
-        return gather_rows(y.reshape((2 * self.n_rows,) + tuple(y.shape[2:])), self.out_index)
+        return self._all_atoms(gather_rows(y.reshape((2 * self.n_rows,) + tuple(y.shape[2:])),
+                                           self.out_index))
+
+    def _all_atoms(self, y: torch.Tensor) -> torch.Tensor:
+        """Sums of the atoms up to the last centre [C, ...] -> [N, ...], zeros for the rest."""
+        missing = self.n_nodes - y.shape[0]
+        return y if missing == 0 else torch.cat([y, y.new_zeros((missing,) + tuple(y.shape[1:]))])
 
 
 class _GatherProduct(torch.autograd.Function):

@@ -16,6 +16,10 @@ operation                 maths                                         shapes
                                                                         -> [N, D, F]
 ========================  ============================================  =================================
 
+A neighbourhood may also span atoms that another process owns (LAMMPS's ghost atoms, whose features
+that process computes): then its ``halo`` (None otherwise) refreshes their rows between layers, and
+a family calls :func:`exchange_ghosts` before every layer but the first (:mod:`ase_eqgnn.lammps.halo`).
+
 Values from ``gather``/``centre`` may be broadcast views (the dense layout): combine them with edge
 tensors by broadcasting, as the models do. Per-edge quantities that must vanish on padding (radial
 weights) go through ``edges`` after they are computed on the real edges.
@@ -49,6 +53,9 @@ LAYOUTS = ("auto", "reference")
 
 class EdgeList:
     """The reference neighbourhood: edge form is the edge list [E, ...] itself."""
+
+    #: the exchange that gives ghost atoms their owners' features (None: every atom is evaluated here)
+    halo = None
 
     def __init__(self, edge_index: torch.Tensor, n_nodes: int):
         self.i = edge_index[0]
@@ -147,6 +154,14 @@ def layer_views(nbh, n_layers: int, per_edge: Tuple[torch.Tensor, ...]) -> List[
     return views
 
 
+def exchange_ghosts(nbh, *features: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """``features`` (each [N, ...]) with the rows of atoms another process owns set to that
+    process's values (the neighbourhood's ``halo``); unchanged when there is none, as in one process.
+    """
+    halo = nbh.halo
+    return features if halo is None else halo.exchange(*features)
+
+
 def build_neighborhood(edge_index: torch.Tensor, n_nodes: int, layout: str = "auto",
                        fast_layout: Optional[dict] = None):
     """The neighbourhood of ``n_nodes`` atoms with edges ``edge_index`` [2, E].
@@ -165,4 +180,4 @@ def build_neighborhood(edge_index: torch.Tensor, n_nodes: int, layout: str = "au
     return neighborhoods(edge_index, n_nodes, **fast_layout)
 
 
-__all__ = ["LAYOUTS", "EdgeList", "Layered", "build_neighborhood", "layer_views"]
+__all__ = ["LAYOUTS", "EdgeList", "Layered", "build_neighborhood", "exchange_ghosts", "layer_views"]

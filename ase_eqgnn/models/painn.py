@@ -39,7 +39,7 @@ from torch import nn
 
 from .blocks import (MLP, BesselBasis, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
-from .neighborhood import layer_views
+from .neighborhood import exchange_ghosts, layer_views
 
 DEFAULTS = {
     "features": 128,
@@ -125,6 +125,8 @@ class PaiNN(nn.Module):
         s = self.embedding(species)
         v = s.new_zeros(s.shape[0], 3, self.features)
         for k, (nbh_k, (unit, radial)) in enumerate(layer_views(nbh, self.n_layers, per_edge)):
+            if k:
+                s, v = exchange_ghosts(nbh_k, s, v)
             s, v = self.messages[k](s, v, radial, unit, nbh_k)
             s, v = self.updates[k](s, v)
         return s

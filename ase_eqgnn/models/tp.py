@@ -50,7 +50,7 @@ from .body_order import SymmetricContraction
 from .blocks import (BesselBasis, PolynomialCutoff, SpeciesEmbedding, check_positive_float,
                      check_positive_int, edge_lengths)
 from .layouts import PaddedNeighborhood
-from .neighborhood import layer_views
+from .neighborhood import exchange_ghosts, layer_views
 from .tp_fused import NeighborTensorProduct
 
 DEFAULTS = {
@@ -202,7 +202,9 @@ class TensorProductNet(nn.Module):
         shared: Dict[Tuple[int, int, int], torch.Tensor] = {}
         x = self.embedding(species)
         views = layer_views(nbh, len(self.blocks), per_edge)
-        for block, (nbh_k, (sh, radial)) in zip(self.blocks, views):
+        for k, (block, (nbh_k, (sh, radial))) in enumerate(zip(self.blocks, views)):
+            if k:
+                (x,) = exchange_ghosts(nbh_k, x)
             # the fused product's operands are per neighbourhood: shared unless layers differ
             x = block(x, sh, radial, nbh_k, shared if nbh_k is nbh else {}, species)
         return x
