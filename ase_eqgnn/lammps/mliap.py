@@ -2,22 +2,28 @@
 
 LAMMPS (built with ML-IAP Python support) loads the object from a pickle named in
 
-    pair_style   mliap unified MODEL.mliap.pkl 1      # 1: ghost atoms get neighbour lists too
+    pair_style   mliap unified MODEL.mliap.pkl 0      # 0: ghosts need no neighbour lists
     pair_coeff   * * Cu                               # LAMMPS atom types -> the model's elements
-    comm_modify  cutoff 11.0                          # >= layers x cutoff + neighbour skin
+    python       eqgnn_attach input 1 SELF format p here "from ase_eqgnn.lammps.halo import ..."
+    python       eqgnn_attach invoke                  # binds LAMMPS: the halo exchange
 
 and calls :meth:`EqGNNMLIAP.compute_forces` every step with a ``data`` object that holds its pair
-list over local *and ghost* atoms (``pair_i``, ``pair_j``, ``rij = x_j - x_i``, ``elems``,
+list over local and ghost atoms (``pair_i``, ``pair_j``, ``rij = x_j - x_i``, ``elems``,
 ``nlocal``, ``ntotal``, ``npairs``, ``iatoms``/``nlistatoms``). With E_i the model's per-atom
-energies on that graph and L the local atoms,
+energies and L the local atoms of a rank,
 
     energy = sum_{i in L} E_i,      eatoms[ii] = E_{iatoms[ii]},
-    fij    = d(sum_{i in L} E_i) / d rij            for every pair, ghost-ghost pairs included,
+    fij    = d(sum_{ranks} sum_{i in L} E_i) / d rij      for every pair handed over,
 
 and ``update_pair_forces(fij)`` adds ``fij`` to atom i and subtracts it from atom j; LAMMPS folds
-the forces on ghosts back onto their owners and tallies the virial ``-rij (x) fij``. This is exact
-when every local atom's layers x cutoff neighbourhood is present with complete neighbour lists,
-hence the ghost neighbour lists and the communication cutoff.
+the forces on ghosts back onto their owners and tallies the virial ``-rij (x) fij``.
+
+With the halo exchange (:mod:`.halo`; the two ``python`` lines) only the pairs centred on local atoms
+are evaluated, and ghosts take their owners' features before every layer but the first, so each
+pair's force counts every rank's energy. Without it (``pair_style ... 1``, ``comm_modify cutoff``
+>= layers x cutoff + skin), each rank evaluates its ghosts within ``layers`` pairs too and ``fij``
+is the derivative of its own atoms' energies alone, ghost-ghost pairs included: exact when every
+local atom's layers x cutoff neighbourhood is present with complete neighbour lists.
 
 The pickle names this class and nothing else: :meth:`__reduce__` stores the model as the bytes of
 an :func:`ase_eqgnn.save_model` file (tensors and a JSON config), rebuilt on loading with

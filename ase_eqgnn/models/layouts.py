@@ -10,7 +10,8 @@ scattering [E, 3, F] products; Σ_j u_ij ⊗ m_ij is one batched matmul.
 Four layouts, chosen per neighbour list by :class:`PaddedNeighborhood` and its thresholds below:
 
 - **padded**: row i holds the edges (i, j) of atom i, M = the largest neighbour count. Empty slots
-  point at atom 0 and carry zeros (``edges`` pads with zeros), so they contribute nothing.
+  point at atom 0 and carry zeros (``edges`` pads with zeros), so they contribute nothing. Atoms
+  after the last centre (LAMMPS's ghost atoms, with the halo exchange) get no rows: their sums are 0.
 - **shared rows** (``share_rows=True``): two atoms share a row when that saves a sixth of the slots
   and at least 512 of them (atoms sorted by neighbour count, the k-th fewest paired with the k-th
   most). In a molecule or a cluster the surface atoms have a fraction of the core's neighbours
