@@ -8,18 +8,22 @@ the calculator's stress on its final frame. The input lines are the ones export_
 the halo exchange (its default) and with ghosts evaluated on every rank (``halo=False``).
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from ase import units
 from ase.build import bulk
+from conftest import maxwell_boltzmann
 
 from ase_eqgnn import EqGNNCalculator, save_model
 from ase_eqgnn.lammps import export_mliap
 from ase_eqgnn.models import MODEL_NAMES, build_model
 from ase_eqgnn.pretrained import resolve_model
-from test_lammps_support import (THERMO, VIRIAL_PRESSURE, needs_build, pressure_to_stress,
-                                 read_final_frame, read_forces, read_thermo, run_lmp, write_data)
+from test_lammps_support import (THERMO, VIRIAL_PRESSURE, assert_nve_like_ase, needs_build,
+                                 pressure_to_stress, read_final_frame, read_forces, read_thermo,
+                                 run_lmp, write_data)
 
 SMALL = {"egnn": dict(features=8, layers=2), "painn": dict(features=8, layers=2),
          "tp": dict(features=4, l_max=1, layers=2, radial_hidden=8)}
@@ -122,3 +126,22 @@ def test_npt_pressure_equals_calculator_stress(tmp_path, ranks, halo):
     np.testing.assert_allclose(pressure_to_stress(row, units.bar), ref["stress"], rtol=0,
                                atol=1e-6 * np.abs(ref["stress"]).max())
     assert abs(row["PotEng"] - ref["energy"]) < 1e-8
+
+
+def test_nve_on_two_ranks_with_the_halo_conserves_energy_like_ase(tmp_path):
+    """200 steps at 600 K on 2 ranks with a 0.3 Å skin, so LAMMPS re-neighbours and moves atoms
+    between ranks; the energy drifts no more than in ASE's VelocityVerlet."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
+    atoms.rattle(0.08, seed=2)
+    maxwell_boltzmann(atoms, 600, np.random.default_rng(5))
+    write_data(atoms, tmp_path / "system.data", ["Cu"], velocities=True)
+    exported = export_mliap("cu-emt", tmp_path / "cu.mliap.pkl")
+    (tmp_path / "in.lmp").write_text("\n".join([
+        "units metal", "atom_style atomic", "boundary p p p", "read_data system.data",
+        *exported.input_lines, "neighbor 0.3 bin", "neigh_modify every 1 delay 0 check yes",
+        VIRIAL_PRESSURE + THERMO.rstrip(), "thermo 10", "timestep 0.002",
+        "fix 1 all nve", "run 200", ""]))
+    proc = run_lmp("in.lmp", 2, tmp_path)
+    assert int(re.findall(r"Neighbor list builds = (\d+)", proc.stdout)[-1]) >= 10
+    totals = [row["TotEng"] for row in read_thermo(proc.stdout)]
+    assert_nve_like_ase(totals, atoms, str(resolve_model("cu-emt")))

