@@ -64,6 +64,9 @@ class ThreadComm:
         self.barrier.wait()
         return items
 
+    def sum(self, values):
+        return np.sum(self._everyone(np.asarray(values)), axis=0)
+
     def allgather_counts(self, count):
         return np.array(self._everyone(count))
 
@@ -82,6 +85,7 @@ class Source:
 
     def __init__(self, domain, comm):
         self.domain, self.comm = domain, comm
+        self.owners = halo_module.Owners(comm)
 
     def runs(self, data):
         return data is self.domain
@@ -209,13 +213,46 @@ def test_binding_to_another_lammps_instance_is_refused(monkeypatch):
         unified.compute_forces(domain)
 
 
+def test_owners_are_rebuilt_on_every_rank_when_any_rank_changes():
+    """The owner table is kept while no rank's atoms change, and rebuilt on all ranks together when
+    one rank's change (else the ranks' collective calls would no longer match)."""
+    board, barrier = [None, None], threading.Barrier(2, timeout=60)
+    steps = [  # (rank 0's IDs, rank 1's IDs): own atoms first, then ghosts
+        (([1, 2, 3, 4], 2), ([3, 4, 1], 2)),
+        (([1, 2, 3, 4], 2), ([3, 4, 1], 2)),  # unchanged: kept
+        (([2, 1, 4, 3], 2), ([3, 4, 1], 2)),  # rank 0 re-sorted its atoms: both rebuild
+    ]
+    found, gathers = [[], []], [0, 0]
+
+    def rank_main(r):
+        comm = ThreadComm(r, 2, board, barrier)
+        original = comm.allgatherv
+
+        def counting(rows, counts=None):
+            gathers[r] += 1
+            return original(rows, counts)
+
+        comm.allgatherv = counting
+        owners = halo_module.Owners(comm)
+        for step in steps:
+            tags, n_owned = step[r]
+            found[r].append(tuple(a.tolist() for a in owners.locate(np.array(tags), n_owned)))
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert gathers == [2, 2]
+    assert found[0][0] == found[0][1] == ([0, 0, 1, 1], [0, 1, 0, 1])
+    assert found[1][2] == ([1, 1, 0], [0, 1, 1])  # atom 1 is now rank 0's row 1
+
+
 def test_exchange_is_the_adjoint_of_its_backward():
     """<fill(x), g> = <x, fold(g)> for random x, g: the backward pass is fill's exact transpose."""
-    comm = type("One", (), dict(size=1, rank=0, allgather_counts=lambda self, n: np.array([n]),
-                                allgatherv=lambda self, rows, counts=None: rows.copy(),
-                                alltoallv=lambda self, rows, s, r: rows.copy()))()
+    comm = ThreadComm(0, 1, [None], threading.Barrier(1))
     tags = np.array([5, 2, 9, 2, 5, 5, 9])
-    halo = halo_module.Halo(tags, 3, comm)
+    halo = halo_module.Halo(*halo_module.Owners(comm).locate(tags, 3), 3, comm)
     x, g = torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64)
     filled = halo.fill(x)
     np.testing.assert_array_equal(filled[3:].numpy(), x[[1, 0, 0, 2]].numpy())

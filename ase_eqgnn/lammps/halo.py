@@ -22,10 +22,14 @@ Example (one rank; atom 2 is a periodic image of atom 0)
 >>> import numpy as np, torch
 >>> class OneRank:
 ...     size, rank = 1, 0
+...     def sum(self, values): return values.copy()
 ...     def allgather_counts(self, n): return np.array([n])
 ...     def allgatherv(self, rows, counts=None): return rows.copy()
 ...     def alltoallv(self, rows, send, recv): return rows.copy()
->>> halo = Halo(np.array([7, 8, 7]), n_owned=2, comm=OneRank())
+>>> rank, row = Owners(OneRank()).locate(np.array([7, 8, 7]), n_owned=2)
+>>> row.tolist()
+[0, 1, 0]
+>>> halo = Halo(rank, row, n_owned=2, comm=OneRank())
 >>> halo.exchange(torch.tensor([[1.0], [2.0], [0.0]]))[0].flatten().tolist()
 [1.0, 2.0, 1.0]
 """
@@ -53,13 +57,16 @@ class LammpsAtoms:
 
         self.lmp = lmp
         self.comm = Comm(lmp)
+        self.owners = Owners(self.comm)
 
     def runs(self, data) -> bool:
         """Whether this is the LAMMPS instance that hands over ``data`` (same force array): a
         Python script may open another instance after the one it bound."""
         forces = getattr(data, "f", None)
+        if not isinstance(forces, np.ndarray):  # (KOKKOS: a device array; nothing to compare)
+            return True
         ours = self.lmp.numpy.extract_atom("f")
-        return forces is None or ours is None or ours.ctypes.data == forces.ctypes.data
+        return ours is None or ours.ctypes.data == forces.ctypes.data
 
     def tags(self, n_total: int) -> np.ndarray:
         """The IDs of LAMMPS's first ``n_total`` atoms (owned, then ghosts), int64."""
@@ -83,27 +90,51 @@ def attached() -> Optional[LammpsAtoms]:
     return _ATTACHED
 
 
+class Owners:
+    """Where each of LAMMPS's atoms is owned: the owner's rank and its row there.
+
+    LAMMPS renumbers its atoms and changes the ghosts only when it re-neighbours (every few steps, on
+    all ranks together), so the table is kept until some rank's atom IDs change: one
+    ``MPI_Allreduce`` a step tells every rank whether to rebuild, and rebuilding gathers every rank's
+    own atom IDs (``MPI_Allgatherv``). All ranks call :meth:`locate` together.
+    """
+
+    def __init__(self, comm):
+        self.comm = comm
+        self._key = None  # (n_owned, IDs of every atom) the table was built for
+
+    def locate(self, tags: np.ndarray, n_owned: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(rank, row) of the owner of each atom of ``tags`` (IDs; the first ``n_owned`` are this
+        rank's own atoms, then ghosts)."""
+        tags = np.asarray(tags, dtype=np.int64)
+        key = self._key
+        changed = key is None or key[0] != n_owned or not np.array_equal(key[1], tags)
+        if self.comm.sum(np.array([float(changed)]))[0] > 0:  # all rebuild, or none
+            counts = np.asarray(self.comm.allgather_counts(n_owned), dtype=np.int64)
+            every_owned = self.comm.allgatherv(tags[:n_owned], counts)
+            owner_rank = np.repeat(np.arange(self.comm.size), counts)
+            owner_row = np.arange(every_owned.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
+            order = np.argsort(every_owned, kind="stable")
+            at = np.minimum(np.searchsorted(every_owned[order], tags), max(order.shape[0] - 1, 0))
+            if tags.size and not np.array_equal(every_owned[order][at], tags):
+                raise ValueError("a ghost atom's ID is owned by no rank: atom IDs must be unique")
+            self._key = (n_owned, tags.copy())
+            self._found = owner_rank[order[at]], owner_row[order[at]]
+        return self._found
+
+
 class Halo:
     """Which rows of a rank's node list are ghosts, and where their owners are.
 
-    ``tags`` [n]: the atom ID of every row; rows ``0..n_owned-1`` are this rank's own atoms, the
-    rest ghosts. Building it is collective (every rank's owned IDs are gathered).
+    Rows ``0..n_owned-1`` are this rank's own atoms, the rest ghosts; ``rank``/``row`` [n] say where
+    each row's atom is owned (:class:`Owners`). Building it is collective (each rank learns which of
+    its rows the others need).
     """
 
-    def __init__(self, tags: np.ndarray, n_owned: int, comm):
-        tags = np.asarray(tags, dtype=np.int64)
+    def __init__(self, rank: np.ndarray, row: np.ndarray, n_owned: int, comm):
         self.comm = comm
-        self.n_rows, self.n_owned = tags.shape[0], int(n_owned)
-        counts = np.asarray(comm.allgather_counts(self.n_owned), dtype=np.int64)
-        every_owned = comm.allgatherv(tags[:self.n_owned], counts)
-        owner_rank = np.repeat(np.arange(comm.size), counts)
-        owner_row = np.arange(every_owned.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
-        ghosts = tags[self.n_owned:]
-        order = np.argsort(every_owned, kind="stable")
-        at = np.minimum(np.searchsorted(every_owned[order], ghosts), max(order.shape[0] - 1, 0))
-        if ghosts.size and not np.array_equal(every_owned[order][at], ghosts):
-            raise ValueError("a ghost atom's ID is owned by no rank: atom IDs must be unique")
-        rank, row = owner_rank[order[at]], owner_row[order[at]]
+        self.n_rows, self.n_owned = len(rank), int(n_owned)
+        rank, row = np.asarray(rank[self.n_owned:]), np.asarray(row[self.n_owned:])
         mine = rank == comm.rank
         self.copy_rows = _long(self.n_owned + np.flatnonzero(mine))
         self.copy_from = _long(row[mine])
@@ -115,7 +146,6 @@ class Halo:
         self.send_counts = comm.alltoallv(self.recv_counts.astype(np.int64),
                                           np.ones(comm.size, np.int64), np.ones(comm.size, np.int64))
         self.send_rows = _long(comm.alltoallv(row[remote], self.recv_counts, self.send_counts))
-
         self._open = []  # (width, dtype) of the exchanges whose backward (fold) has not run yet
 
     def to(self, device: torch.device) -> "Halo":
@@ -193,4 +223,4 @@ def _split(flat: torch.Tensor, shapes):
     return flat.split([_width(shape) for shape in shapes], dim=1)
 
 
-__all__ = ["INPUT_LINES", "Halo", "LammpsAtoms", "attach", "attached"]
+__all__ = ["INPUT_LINES", "Halo", "LammpsAtoms", "Owners", "attach", "attached"]

@@ -163,8 +163,9 @@ class EqGNNMLIAP(_UnifiedBase):
         else:
             nodes, kept, sub_edges, hop = owned_and_neighbours(edge_index, ntotal, local)
             nbh = self.model.neighborhood(sub_edges, nodes.numel())
-            tags = source.tags(ntotal)[nodes.cpu().numpy()]
-            nbh.halo = halo.Halo(tags, local.numel(), source.comm).to(device)
+            rank, row = source.owners.locate(source.tags(ntotal), local.numel())
+            picked = nodes.cpu().numpy()
+            nbh.halo = halo.Halo(rank[picked], row[picked], local.numel(), source.comm).to(device)
         species = self._species_of_element.index_select(0, elems.index_select(0, nodes))
         sub_local = torch.searchsorted(nodes, local)  # nodes are ascending and include every local
         energies, g_kept = energies_and_pair_gradients(self.model, species, sub_edges, vec[kept], hop,
