@@ -145,3 +145,19 @@ def test_nve_on_two_ranks_with_the_halo_conserves_energy_like_ase(tmp_path):
     assert int(re.findall(r"Neighbor list builds = (\d+)", proc.stdout)[-1]) >= 10
     totals = [row["TotEng"] for row in read_thermo(proc.stdout)]
     assert_nve_like_ase(totals, atoms, str(resolve_model("cu-emt")))
+
+
+def test_atoms_too_close_on_one_rank_stop_both_ranks(tmp_path):
+    """With the halo, a rank that cannot go on makes every rank stop (no rank left waiting in an
+    exchange): LAMMPS exits with the model's error instead of hanging."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((4, 3, 3))
+    atoms.positions[1] = atoms.positions[0] + [0.05, 0.0, 0.0]
+    write_data(atoms, tmp_path / "system.data", ["Cu"])
+    exported = export_mliap("cu-emt", tmp_path / "cu.mliap.pkl")
+    (tmp_path / "in.lmp").write_text("\n".join([
+        "units metal", "atom_style atomic", "boundary p p p", "read_data system.data",
+        *exported.input_lines, "run 0", ""]))
+    proc = run_lmp("in.lmp", 2, tmp_path, timeout=300, check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "0.05 Å apart" in output and "stopped the model" in output

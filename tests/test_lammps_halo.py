@@ -87,8 +87,8 @@ class Source:
         self.domain, self.comm = domain, comm
         self.owners = halo_module.Owners(comm)
 
-    def runs(self, data):
-        return data is self.domain
+    def check(self, data):
+        assert data is self.domain
 
     def tags(self, n_total):
         return self.domain.tags[:n_total]
@@ -108,9 +108,8 @@ def run_ranks(unified, atoms, owner_rank, monkeypatch):
         local.source = Source(domains[r], ThreadComm(r, size, board, barrier))
         try:
             unified.compute_forces(domains[r])
-        except BaseException as err:  # (reported below; an exception must not hang the others)
+        except BaseException as err:  # (reported below; a rank left waiting times out at 60 s)
             errors.append(err)
-            barrier.abort()
 
     threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(size)]
     for t in threads:
@@ -201,16 +200,27 @@ def test_missing_ghost_lists_without_halo_are_refused():
         unified.compute_forces(domain)
 
 
-def test_binding_to_another_lammps_instance_is_refused(monkeypatch):
-    """A script that bound one LAMMPS instance and runs the pair style in another gets an error."""
-    atoms = periodic_cuni()
-    unified = EqGNNMLIAP(small_model("painn"), keep_freed_memory=False)
-    domain = Domain(atoms, unified.element_types, 3.2, np.ones(len(atoms), bool))
-    other = Domain(atoms, unified.element_types, 3.2, np.ones(len(atoms), bool))
-    comm = ThreadComm(0, 1, [None], threading.Barrier(1))
-    monkeypatch.setattr(halo_module, "attached", lambda: Source(other, comm))
+class FakeLammps:
+    """What LammpsAtoms reads of a ``lammps.lammps`` instance: one rank, units, force array."""
+
+    def __init__(self, forces, units="metal"):
+        self.units, self.numpy = units, type("Numpy", (), {"extract_atom": lambda _, name: forces})()
+
+    def extract_setting(self, name):
+        return {"world_size": 1, "world_rank": 0}[name]
+
+    def extract_global(self, name):
+        return {"units": self.units}[name]
+
+
+def test_bound_instance_is_checked():
+    """Another LAMMPS instance than the one bound, or units other than metal, are refused."""
+    data = Domain(periodic_cuni(), ["Ni", "Cu"], 3.2, np.ones(32, bool))
+    halo_module.LammpsAtoms(FakeLammps(data.f)).check(data)
     with pytest.raises(ValueError, match="not the one running this pair style"):
-        unified.compute_forces(domain)
+        halo_module.LammpsAtoms(FakeLammps(np.zeros_like(data.f))).check(data)
+    with pytest.raises(ValueError, match="units metal"):
+        halo_module.LammpsAtoms(FakeLammps(data.f, units="real")).check(data)
 
 
 def test_owners_are_rebuilt_on_every_rank_when_any_rank_changes():
@@ -246,6 +256,21 @@ def test_owners_are_rebuilt_on_every_rank_when_any_rank_changes():
     assert gathers == [2, 2]
     assert found[0][0] == found[0][1] == ([0, 0, 1, 1], [0, 1, 0, 1])
     assert found[1][2] == ([1, 1, 0], [0, 1, 1])  # atom 1 is now rank 0's row 1
+
+
+@pytest.mark.parametrize("name", ["painn", "tp"])
+def test_atoms_too_close_on_one_rank_stop_every_rank(name, monkeypatch):
+    """Only rank 1 sees the overlapping pair; both ranks stop (neither waits in an exchange)."""
+    atoms = periodic_cuni()
+    owner_rank = halves(atoms)
+    a, b = np.flatnonzero(owner_rank == 1)[:2]
+    atoms.positions[b] = atoms.positions[a] + [0.05, 0.0, 0.0]
+    with pytest.raises(AssertionError) as failed:
+        run_ranks(EqGNNMLIAP(small_model(name), keep_freed_memory=False), atoms, owner_rank,
+                  monkeypatch)
+    message = str(failed.value)
+    assert "AtomsTooCloseError" in message and "rank 1 stopped the model" in message
+    assert "BrokenBarrierError" not in message
 
 
 def test_exchange_is_the_adjoint_of_its_backward():

@@ -59,14 +59,20 @@ class LammpsAtoms:
         self.comm = Comm(lmp)
         self.owners = Owners(self.comm)
 
-    def runs(self, data) -> bool:
-        """Whether this is the LAMMPS instance that hands over ``data`` (same force array): a
-        Python script may open another instance after the one it bound."""
+    def check(self, data) -> None:
+        """ValueError unless this LAMMPS instance hands over ``data`` (same force array: a Python
+        script may open another instance after the one it bound) in ``units metal``."""
         forces = getattr(data, "f", None)
-        if not isinstance(forces, np.ndarray):  # (KOKKOS: a device array; nothing to compare)
-            return True
-        ours = self.lmp.numpy.extract_atom("f")
-        return ours is None or ours.ctypes.data == forces.ctypes.data
+        if isinstance(forces, np.ndarray):  # (KOKKOS hands over device arrays: nothing to compare)
+            ours = self.lmp.numpy.extract_atom("f")
+            if ours is not None and ours.ctypes.data != forces.ctypes.data:
+                raise ValueError("the LAMMPS instance the halo exchange was bound to is not the one "
+                                 "running this pair style: put the python lines "
+                                 "eqgnn-lammps-export prints in this input too")
+        units = self.lmp.extract_global("units")
+        if units != "metal":
+            raise ValueError(f"the input uses 'units {units}'; ase_eqgnn models work in eV and Å: "
+                             "use 'units metal'")
 
     def tags(self, n_total: int) -> np.ndarray:
         """The IDs of LAMMPS's first ``n_total`` atoms (owned, then ghosts), int64."""
@@ -88,6 +94,20 @@ def attach(ptr) -> None:
 def attached() -> Optional[LammpsAtoms]:
     """The LAMMPS atoms :func:`attach` bound, or None."""
     return _ATTACHED
+
+
+def stop_together(comm, failure: Optional[Exception]) -> None:
+    """Raise on every rank when some rank cannot go on (``failure``, e.g. atoms too close): there its
+    own error, elsewhere a RuntimeError that names it. LAMMPS stops on a Python error with a
+    collective call, which a rank left waiting in an exchange would never reach. Collective."""
+    failed = np.zeros(comm.size)
+    failed[comm.rank] = failure is not None
+    failed = comm.sum(failed)
+    if failure is not None:
+        raise failure
+    if failed.any():
+        raise RuntimeError(f"LAMMPS rank {int(np.flatnonzero(failed)[0])} stopped the model; "
+                           "its error is printed above")
 
 
 class Owners:
@@ -223,4 +243,4 @@ def _split(flat: torch.Tensor, shapes):
     return flat.split([_width(shape) for shape in shapes], dim=1)
 
 
-__all__ = ["INPUT_LINES", "Halo", "LammpsAtoms", "Owners", "attach", "attached"]
+__all__ = ["INPUT_LINES", "Halo", "LammpsAtoms", "Owners", "attach", "attached", "stop_together"]

@@ -126,36 +126,28 @@ class EqGNNMLIAP(_UnifiedBase):
         """Energies of the local atoms into ``data.eatoms``/``data.energy``, pair forces through
         ``data.update_pair_forces`` (see the module docstring for the maths).
 
-        Only the part of the graph the local energies can see is evaluated
-        (:func:`~.model.prune_to_hops`: atoms within ``layers`` pairs of a local atom), and each layer
-        only updates the atoms the local energies still depend on; the other pairs get zero forces,
-        which is their exact derivative."""
+        With the halo exchange (:mod:`.halo` bound) only the pairs centred on local atoms are
+        evaluated; a rank that cannot go on (atoms too close) stops every rank. Without it, only the
+        part of the graph the local energies can see is evaluated (:func:`~.model.prune_to_hops`:
+        atoms within ``layers`` pairs of a local atom), and each layer only updates the atoms the
+        local energies still depend on. The other pairs get zero forces, their exact derivative."""
         if self.keep_freed_memory and not self._heap_set and self.device.type == "cpu":
             heap.keep_freed_memory()
             self._heap_set = True
-        device, dtype = self.device, self.model.dtype
+        device = self.device
         ntotal, npairs, nlist = int(data.ntotal), int(data.npairs), int(data.nlistatoms)
-        elems = _tensor(data.elems, torch.long, device)[:ntotal]
-        if elems.numel() and bool((elems < 0).any()):
-            raise ValueError("atom types mapped to NULL in pair_coeff are not supported by "
-                             "EqGNNMLIAP: map every type to one of " + " ".join(self.element_types))
-        local = (_tensor(data.iatoms, torch.long, device)[:nlist] if data.iatoms is not None
-                 else torch.arange(nlist, device=device))
         host_arrays = npairs == 0 or isinstance(data.rij, np.ndarray)
-        if npairs > 0:
-            edge_index = torch.stack([_tensor(data.pair_i, torch.long, device)[:npairs],
-                                      _tensor(data.pair_j, torch.long, device)[:npairs]])
-            vec = _tensor(data.rij, dtype, device)[:npairs]
-        else:
-            edge_index = torch.zeros(2, 0, dtype=torch.long, device=device)
-            vec = torch.zeros(0, 3, dtype=dtype, device=device)
-        check_min_distance(vec, self.min_distance, lambda e: "two atoms (indices {} and {} on this "
-                           "rank)".format(*edge_index[:, e].tolist()))
         source = halo.attached()
-        if source is not None and not source.runs(data):
-            raise ValueError("the LAMMPS instance the halo exchange was bound to is not the one "
-                             "running this pair style: put the python lines eqgnn-lammps-export "
-                             "prints in this input too")
+        try:
+            elems, local, edge_index, vec = self._read(data)
+            if source is not None:
+                source.check(data)
+        except ValueError as err:  # (with the halo, every rank stops: see halo.stop_together)
+            if source is None:
+                raise
+            halo.stop_together(source.comm, err)
+        if source is not None:
+            halo.stop_together(source.comm, None)
         if source is None:
             self._check_ghost_lists(edge_index, local, ntotal)
             nodes, kept, sub_edges, hop = prune_to_hops(edge_index, ntotal, local, self.layers)
@@ -181,6 +173,28 @@ class EqGNNMLIAP(_UnifiedBase):
             fij = torch.zeros(npairs, 3, dtype=torch.float64, device=device)
             fij[kept] = g_kept.to(torch.float64)
             data.update_pair_forces(fij.cpu().numpy() if host_arrays else fij.contiguous())
+
+    def _read(self, data):
+        """``data``'s element indices [ntotal], local atoms, pairs [2, E] and pair vectors [E, 3] as
+        tensors; ValueError for NULL types and atoms closer than ``min_distance``."""
+        device, dtype = self.device, self.model.dtype
+        ntotal, npairs, nlist = int(data.ntotal), int(data.npairs), int(data.nlistatoms)
+        elems = _tensor(data.elems, torch.long, device)[:ntotal]
+        if elems.numel() and bool((elems < 0).any()):
+            raise ValueError("atom types mapped to NULL in pair_coeff are not supported by "
+                             "EqGNNMLIAP: map every type to one of " + " ".join(self.element_types))
+        local = (_tensor(data.iatoms, torch.long, device)[:nlist] if data.iatoms is not None
+                 else torch.arange(nlist, device=device))
+        if npairs > 0:
+            edge_index = torch.stack([_tensor(data.pair_i, torch.long, device)[:npairs],
+                                      _tensor(data.pair_j, torch.long, device)[:npairs]])
+            vec = _tensor(data.rij, dtype, device)[:npairs]
+        else:
+            edge_index = torch.zeros(2, 0, dtype=torch.long, device=device)
+            vec = torch.zeros(0, 3, dtype=dtype, device=device)
+        check_min_distance(vec, self.min_distance, lambda e: "two atoms (indices {} and {} on this "
+                           "rank)".format(*edge_index[:, e].tolist()))
+        return elems, local, edge_index, vec
 
     def _check_ghost_lists(self, edge_index: torch.Tensor, local: torch.Tensor, ntotal: int) -> None:
         """Without the halo exchange, ghosts next to local atoms need neighbour lists of their own
