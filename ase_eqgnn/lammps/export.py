@@ -36,7 +36,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from ..checkpoint.files import write_atomically
 from .halo import INPUT_LINES as HALO_LINES
