@@ -14,7 +14,7 @@ from conftest import maxwell_boltzmann
 
 from ase_eqgnn import EqGNNCalculator
 from ase_eqgnn.cli import lammps as lammps_cli
-from ase_eqgnn.lammps.external import types_from_masses, types_from_symbols
+from ase_eqgnn.lammps.elements import types_from_masses, types_from_symbols
 from ase_eqgnn.lammps.script import InputError, read_commands
 from ase_eqgnn.pretrained import resolve_model
 from ase_eqgnn.structures import load_structure
@@ -83,7 +83,19 @@ def test_cu500_equals_calculator(tmp_path, ranks):
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith("eqgnn-lammps: 1 force calls on %d rank" % ranks)
     if ranks == 2:
-        assert "communication cutoff 20 Å" in summary  # 2 x (2 layers x 4.5 Å) + 2 Å skin
+        assert "communication cutoff 6.5 Å" in summary  # 4.5 Å cutoff + 2 Å skin
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_rank_without_atoms_equals_calculator(tmp_path):
+    """ala2 in one corner of an open box: on 2 ranks (the box cut in half along any axis) one rank
+    owns no atom but still takes part in every exchange."""
+    atoms = ala2_in_box()
+    atoms.positions += 2.0 - atoms.positions.min(axis=0)
+    assert atoms.positions.max() < 15.0
+    proc = check_against_reference(tmp_path, "ala2", atoms, ["H", "C", "N", "O"], 2)
+    assert f"({len(atoms)} local of {len(atoms)} atoms there" in proc.stdout  # rank 0 owns all
 
 
 @needs_wheel

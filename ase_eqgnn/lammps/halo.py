@@ -186,6 +186,11 @@ class Halo:
     def fold(self, g: torch.Tensor) -> torch.Tensor:
         """The adjoint of :meth:`fill`: each ghost row's gradient added to its owner's row."""
         self._open.pop()
+        return self.add_to_owners(g)
+
+    def add_to_owners(self, g: torch.Tensor) -> torch.Tensor:
+        """g [n, D] with each ghost row added to its owner's row and set to zero (e.g. forces on
+        ghosts, where LAMMPS cannot take them back itself). Collective."""
         out = g.clone()
         out[self.n_owned:] = 0
         out.index_add_(0, self.copy_from, g.index_select(0, self.copy_rows))
