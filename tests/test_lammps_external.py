@@ -275,18 +275,22 @@ def test_read_commands_includes_and_continuations(tmp_path, monkeypatch):
 
 @needs_wheel
 @pytest.mark.slow
-def test_sigterm_stops_the_run_and_keeps_the_log(tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigterm_stops_the_run_and_keeps_the_log(tmp_path, ranks):
+    """On 2 ranks too: the rank that stops first makes the other stop before its next exchange."""
     import os
     import signal
     import subprocess
     import sys
+    from pathlib import Path
 
     write_data(rattled_cu(2), tmp_path / "system.data", ["Cu"])
     (tmp_path / "in.lmp").write_text("units metal\natom_style atomic\nread_data system.data\n"
                                      "thermo 1\nfix 1 all nve\nrun 1000000\n")
-    proc = subprocess.Popen([sys.executable, "-m", "ase_eqgnn.cli.lammps", "in.lmp", "--model",
-                             "cu-emt", "--threads", "1", "--log", "run.log"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    mpirun = [str(Path(sys.prefix) / "bin" / "mpirun"), "-np", str(ranks)] if ranks > 1 else []
+    proc = subprocess.Popen(mpirun + [sys.executable, "-m", "ase_eqgnn.cli.lammps", "in.lmp",
+                                      "--model", "cu-emt", "--threads", "1", "--log", "run.log"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     for line in proc.stdout:  # wait until steps are running
         if line.split()[:1] == ["5"]:

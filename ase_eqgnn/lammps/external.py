@@ -143,11 +143,13 @@ class ExternalModel:
     def evaluate(self, nlocal: int):
         """This rank's energy share (eV), forces on its local atoms [nlocal, 3] (eV/Å) and virial
         share (xx, yy, zz, xy, xz, yz; eV)."""
-        positions, types, i, j, vec = self._graph(nlocal)
         several = self.reduce.size > 1
         try:
+            if self.stop_requested is not None:
+                raise self.stop_requested
+            positions, types, i, j, vec = self._graph(nlocal)
             check_min_distance(vec, self.min_distance, self._name_pair(i, j))
-        except ValueError as err:
+        except BaseException as err:  # noqa: BLE001 - on several ranks, all stop (no rank left waiting)
             if not several:
                 raise
             stop_together(self.reduce, err)
@@ -184,8 +186,6 @@ class ExternalModel:
         start = time.perf_counter()
         failed = 0.0
         try:
-            if self.stop_requested is not None:
-                raise self.stop_requested
             energy, forces, virial = self.evaluate(int(nlocal))
             f[:] = forces
         except BaseException as err:  # noqa: BLE001 - nothing may propagate into LAMMPS's C++
