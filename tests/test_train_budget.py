@@ -61,12 +61,12 @@ def test_a_budgeted_run_uses_its_whole_budget_and_ends_annealed(cu_file, tmp_pat
     lrs = [r["lr"] for r in log]
     assert lrs[0] == pytest.approx(LR)
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
-    # where the budget ran out the schedule had reached its end: at the floor but for the fraction
-    # of the budget that the last epoch would have overrun (the loop's reason to stop)
-    last_epoch = log[-1]["time"] - log[-2]["time"]
-    p = 1.0 - 1.5 * last_epoch / budget
-    assert next_lr(tmp_path) <= MIN_LR + (LR - MIN_LR) * 0.5 * (1 + math.cos(math.pi * max(0.0, p)))
-    assert next_lr(tmp_path) < 0.2 * LR
+    # the rate set for the next epoch is the cosine's at the fraction of the budget used when the last
+    # epoch ended (the log's time is taken just after the schedule's step: 50 ms of slack), so it
+    # follows the time actually used, however long saving took on a loaded machine
+    p = min(1.0, max(0.0, log[-1]["time"] - 0.05) / budget)
+    assert next_lr(tmp_path) <= MIN_LR + (LR - MIN_LR) * 0.5 * (1 + math.cos(math.pi * p))
+    assert next_lr(tmp_path) < 0.25 * LR  # (p > 0.7 above: annealed most of the way)
 
 
 def test_an_explicit_max_epochs_caps_a_budgeted_run(cu_file, tmp_path):  # noqa: F811
