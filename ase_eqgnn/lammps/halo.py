@@ -36,7 +36,8 @@ Example (one rank; atom 2 is a periodic image of atom 0)
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -96,10 +97,20 @@ def attached() -> Optional[LammpsAtoms]:
     return _ATTACHED
 
 
-def stop_together(comm, failure: Optional[Exception]) -> None:
-    """Raise on every rank when some rank cannot go on (``failure``, e.g. atoms too close): there its
-    own error, elsewhere a RuntimeError that names it. LAMMPS stops on a Python error with a
-    collective call, which a rank left waiting in an exchange would never reach. Collective."""
+@contextlib.contextmanager
+def stop_together(comm) -> Iterator[None]:
+    """Run the block on every rank; if it raises on some rank, raise on every rank: there its own
+    error, elsewhere a RuntimeError that names it. LAMMPS stops on a Python error with a collective
+    call, which a rank left waiting in an exchange would never reach, so wrap what comes before
+    the first exchange. Collective; ``comm`` None (one process): the block runs as it is."""
+    if comm is None:
+        yield
+        return
+    failure: Optional[BaseException] = None
+    try:
+        yield
+    except BaseException as err:  # noqa: BLE001 - re-raised below, once every rank knows
+        failure = err
     failed = np.zeros(comm.size)
     failed[comm.rank] = failure is not None
     failed = comm.sum(failed)
@@ -248,4 +259,5 @@ def _split(flat: torch.Tensor, shapes):
     return flat.split([_width(shape) for shape in shapes], dim=1)
 
 
-__all__ = ["INPUT_LINES", "Halo", "LammpsAtoms", "Owners", "attach", "attached", "stop_together"]
+__all__ = ["INPUT_LINES", "Halo", "LammpsAtoms", "Owners", "attach", "attached",
+           "stop_together"]

@@ -138,16 +138,10 @@ class EqGNNMLIAP(_UnifiedBase):
         ntotal, npairs, nlist = int(data.ntotal), int(data.npairs), int(data.nlistatoms)
         host_arrays = npairs == 0 or isinstance(data.rij, np.ndarray)
         source = halo.attached()
-        try:
+        with halo.stop_together(None if source is None else source.comm):
             elems, local, edge_index, vec = self._read(data)
             if source is not None:
                 source.check(data)
-        except ValueError as err:  # (with the halo, every rank stops: see halo.stop_together)
-            if source is None:
-                raise
-            halo.stop_together(source.comm, err)
-        if source is not None:
-            halo.stop_together(source.comm, None)
         if source is None:
             self._check_ghost_lists(edge_index, local, ntotal)
             nodes, kept, sub_edges, hop = prune_to_hops(edge_index, ntotal, local, self.layers)

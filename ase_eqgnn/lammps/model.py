@@ -220,6 +220,6 @@ def energies_and_pair_gradients(model: Potential, species: torch.Tensor, edge_in
     return energies.detach(), grad.detach()
 
 
-__all__ = ["DTYPES", "hop_distances", "prune_to_hops", "owned_and_neighbours", "check_min_distance", "load_potential",
-           "prepare", "resolve_dtype", "resolve_device", "receptive_field",
+__all__ = ["DTYPES", "hop_distances", "prune_to_hops", "owned_and_neighbours", "check_min_distance",
+           "load_potential", "prepare", "resolve_dtype", "resolve_device", "receptive_field",
            "energies_and_pair_gradients"]

